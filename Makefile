@@ -1,0 +1,34 @@
+# The README's commands. `make repro` and `make test` each run `setup` first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Offline workplaces keep the TinyStories shards here; elsewhere `prepare` downloads them.
+SHARED_TINYSTORIES ?= ../shared/data/tinystories
+
+.PHONY: setup data repro test test-fast clean-venv
+
+setup: $(VENV)/.installed
+
+# torch==2.13.0 comes first from requirements.txt so pip keeps the CPU build instead of a multi-GB CUDA one.
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	touch $@
+
+# Link the local TinyStories shards into data/raw/tinystories when there are any and nothing is there yet.
+data:
+	@if [ ! -e data/raw/tinystories ] && [ -d "$(SHARED_TINYSTORIES)" ]; then \
+		mkdir -p data/raw && ln -s "$$(cd "$(SHARED_TINYSTORIES)" && pwd)" data/raw/tinystories && \
+		echo "linked $(SHARED_TINYSTORIES) -> data/raw/tinystories"; fi
+
+repro: setup data
+	PATH="$(abspath $(BIN)):$$PATH" dvc repro
+
+test: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n 2 --durations=15
+
+test-fast: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n 2 -m "not e2e"
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,125 @@
+"""Checkpoints: weights plus the metadata a later stage needs to rebuild and trust them.
+
+A checkpoint is a plain dict of tensors and primitives, so it loads with `torch.load(weights_only=True)`:
+a file carrying a pickled payload that would run code is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from pico.config import ModelConfig, build_config
+from pico.errors import CheckpointError, ParamsError
+from pico.io import write_bytes
+from pico.model import build_model, model_meta
+
+FORMAT = "pico-checkpoint"
+VERSION = 1
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile and DistributedDataParallel wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def to_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, *, model_cfg: ModelConfig, tokenizer_hash: str,
+                    stage: str, step: int, metrics: dict | None = None, parent: str = "") -> None:
+    """Write atomically; no timestamps or paths inside, so the same run gives the same bytes."""
+    model = unwrap(model)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "stage": stage,
+        "step": step,
+        "model": model_meta(model_cfg, model.vocab_size),
+        "tokenizer_hash": tokenizer_hash,
+        "parent": parent,  # sha256 of the checkpoint this one was trained from ("" for pretraining)
+        "metrics": metrics or {},
+        "state_dict": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
+    }
+    write_bytes(path, to_bytes(payload))
+
+
+def read_payload_file(path: str | Path) -> Any:
+    """torch.load with weights_only=True, turning every failure into a CheckpointError that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; run `dvc repro` for the stage that writes it")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused: the file holds pickled objects that are not plain weights "
+                              f"(loaded with weights_only=True): {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        detail = str(e).splitlines()[0] if str(e) else "no detail"
+        raise CheckpointError(f"{path}: truncated or not a torch checkpoint ({type(e).__name__}: {detail})") from None
+
+
+def read_payload(path: str | Path) -> dict:
+    """A pico checkpoint's payload, checked for the format marker and version."""
+    payload = read_payload_file(path)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a pico checkpoint (no '{FORMAT}' format marker)")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {payload.get('version')}, this pico reads {VERSION}")
+    return payload
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    model_cfg: ModelConfig
+    meta: dict  # everything in the payload but the weights
+
+    @property
+    def vocab_size(self) -> int:
+        return self.meta["model"]["vocab_size"]
+
+
+def load_checkpoint(path: str | Path, *, tokenizer_hash: str | None = None, device: str | torch.device = "cpu",
+                    expect_model: ModelConfig | None = None) -> Checkpoint:
+    """Rebuild the model a checkpoint describes and load its weights, checking it fits what it is used with."""
+    payload = read_payload(path)
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    model_meta_ = dict(meta.get("model") or {})
+    vocab_size = model_meta_.pop("vocab_size", None)
+    try:
+        cfg = build_config(ModelConfig, model_meta_, "model")
+    except ParamsError as e:
+        raise CheckpointError(f"{path}: bad model config in checkpoint: {e}") from None
+    if not isinstance(vocab_size, int) or vocab_size <= 0:
+        raise CheckpointError(f"{path}: bad model config in checkpoint: vocab_size {vocab_size!r}")
+    if tokenizer_hash is not None and meta.get("tokenizer_hash") != tokenizer_hash:
+        raise CheckpointError(
+            f"{path}: trained with tokenizer {str(meta.get('tokenizer_hash'))[:12]}, but the tokenizer in use is "
+            f"{tokenizer_hash[:12]}; retrain it (`dvc repro`) or use the matching tokenizer"
+        )
+    if expect_model is not None and expect_model != cfg:
+        raise CheckpointError(f"{path}: model config {cfg} differs from the expected {expect_model}")
+    model = build_model(cfg, vocab_size)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: weights do not match the model config it records: "
+                              f"{str(e).splitlines()[0]}") from None
+    return Checkpoint(model=model.to(device), model_cfg=cfg, meta=meta)

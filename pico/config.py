@@ -1,0 +1,323 @@
+"""Typed, validated configuration: one frozen dataclass per params.yaml section.
+
+`load_params` reads params.yaml once and checks every section before any stage does work, so a typo in
+`dpo.beta` fails the first stage that runs, not the sixth. Every error names the key (`pretrain.lr`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pico.errors import ParamsError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ParamsError(key, message)
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """TinyStories: where it is read from or downloaded to, and how it is cleaned and split."""
+
+    source: str = "data/raw/tinystories"  # folder of .txt shards (train/, valid/ optional) or one .txt file
+    url: str = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main"
+    # files fetched from `url` into `source` when it is missing: {relative path in source: file name at url}
+    files: dict[str, str] = field(
+        default_factory=lambda: {
+            "train/TinyStories-train.txt": "TinyStories-train.txt",
+            "valid/TinyStories-valid.txt": "TinyStories-valid.txt",
+        }
+    )
+    sha256: dict[str, str] = field(default_factory=dict)  # optional expected checksums, same keys as files
+    max_stories: int = 0  # cap on train stories after cleaning; 0 = all
+    max_val_stories: int = 0  # cap on val stories; 0 = all
+    val_fraction: float = 0.05  # used only when the source has no valid/ split of its own
+    min_chars: int = 64  # shorter stories are dropped as broken
+    max_chars: int = 8000  # longer ones are dropped (merged or run-on stories)
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        _require(bool(self.source), "prepare.source", "must be a path")
+        _require(self.max_stories >= 0, "prepare.max_stories", f"must be >= 0 (got {self.max_stories})")
+        _require(self.max_val_stories >= 0, "prepare.max_val_stories", f"must be >= 0 (got {self.max_val_stories})")
+        _require(0 < self.val_fraction < 1, "prepare.val_fraction", f"must be in (0, 1) (got {self.val_fraction})")
+        _require(self.min_chars >= 1, "prepare.min_chars", f"must be >= 1 (got {self.min_chars})")
+        _require(self.max_chars > self.min_chars, "prepare.max_chars", "must be > prepare.min_chars")
+        unknown = set(self.sha256) - set(self.files)
+        _require(not unknown, "prepare.sha256", f"names files not in prepare.files: {sorted(unknown)}")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Byte-level BPE trained with rustbpe, served with tiktoken."""
+
+    vocab_size: int = 4096  # including the one special token <|endoftext|>
+    max_train_chars: int = 0  # train on at most this many characters of the train split; 0 = all
+
+    def __post_init__(self) -> None:
+        _require(257 < self.vocab_size <= 65535, "tokenizer.vocab_size",
+                 f"must be in (257, 65535] so ids fit in uint16 (got {self.vocab_size})")
+        _require(self.max_train_chars >= 0, "tokenizer.max_train_chars", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Model shape, shared by every stage that builds or loads a model. vocab_size comes from the tokenizer."""
+
+    type: Literal["transformer", "lstm", "kgram_mlp"] = "transformer"
+    d_model: int = 192
+    n_layer: int = 4
+    n_head: int = 4  # transformer only
+    max_seq_len: int = 512  # context length; SFT/DPO pairs must fit in it
+    dropout: float = 0.0
+    k: int = 8  # kgram_mlp: how many previous tokens it sees
+    mlp_ratio: int = 4
+
+    def __post_init__(self) -> None:
+        _require(self.d_model > 0, "model.d_model", f"must be > 0 (got {self.d_model})")
+        _require(self.n_layer > 0, "model.n_layer", f"must be > 0 (got {self.n_layer})")
+        _require(self.n_head > 0, "model.n_head", f"must be > 0 (got {self.n_head})")
+        if self.type == "transformer":
+            _require(self.d_model % self.n_head == 0, "model.n_head",
+                     f"must divide model.d_model ({self.d_model} % {self.n_head} != 0)")
+        _require(self.max_seq_len >= 8, "model.max_seq_len", f"must be >= 8 (got {self.max_seq_len})")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1) (got {self.dropout})")
+        _require(self.k >= 1, "model.k", f"must be >= 1 (got {self.k})")
+        _require(self.mlp_ratio >= 1, "model.mlp_ratio", f"must be >= 1 (got {self.mlp_ratio})")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What the one training loop needs; pretrain, sft and dpo each have their own copy of these knobs."""
+
+    seed: int = 1337
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    compile: bool = False  # torch.compile the model (CUDA only; ignored on CPU where it barely pays)
+    batch_size: int = 16  # sequences (pairs for DPO) per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 = off
+    eval_every: int = 50
+    save_every: int = 50  # resume-state interval, in optimizer steps
+    log_every: int = 1  # train-curve point interval
+    patience: int = 0  # stop after this many evals without a better val loss; 0 = never
+
+    def __post_init__(self) -> None:
+        s = self._section
+        _require(self.lr > 0, f"{s}.lr", f"must be > 0 (got {self.lr})")
+        _require(self.batch_size > 0, f"{s}.batch_size", f"must be > 0 (got {self.batch_size})")
+        _require(self.grad_accum > 0, f"{s}.grad_accum", f"must be > 0 (got {self.grad_accum})")
+        _require(0 <= self.min_lr_ratio <= 1, f"{s}.min_lr_ratio", f"must be in [0, 1] (got {self.min_lr_ratio})")
+        _require(self.warmup_steps >= 0, f"{s}.warmup_steps", f"must be >= 0 (got {self.warmup_steps})")
+        _require(self.weight_decay >= 0, f"{s}.weight_decay", f"must be >= 0 (got {self.weight_decay})")
+        _require(0 <= self.beta1 < 1, f"{s}.beta1", f"must be in [0, 1) (got {self.beta1})")
+        _require(0 <= self.beta2 < 1, f"{s}.beta2", f"must be in [0, 1) (got {self.beta2})")
+        _require(self.grad_clip >= 0, f"{s}.grad_clip", f"must be >= 0 (got {self.grad_clip})")
+        _require(self.eval_every > 0, f"{s}.eval_every", f"must be > 0 (got {self.eval_every})")
+        _require(self.save_every > 0, f"{s}.save_every", f"must be > 0 (got {self.save_every})")
+        _require(self.log_every > 0, f"{s}.log_every", f"must be > 0 (got {self.log_every})")
+        _require(self.patience >= 0, f"{s}.patience", f"must be >= 0 (got {self.patience})")
+
+    _section = "train"
+
+
+@dataclass(frozen=True)
+class PretrainConfig(TrainConfig):
+    max_steps: int = 300
+    seq_len: int = 0  # training window; 0 = model.max_seq_len
+    eval_batches: int = 8  # val batches per evaluation
+    lr: float = 2e-3
+
+    _section = "pretrain"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.max_steps > 0, "pretrain.max_steps", f"must be > 0 (got {self.max_steps})")
+        _require(self.seq_len >= 0, "pretrain.seq_len", f"must be >= 0 (got {self.seq_len})")
+        _require(self.eval_batches > 0, "pretrain.eval_batches", f"must be > 0 (got {self.eval_batches})")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(TrainConfig):
+    """Shared by sft and dpo: both train on (prompt, response) rows encoded by `encode_sft`."""
+
+    epochs: float = 3.0
+    max_steps: int = 0  # 0 = derived from epochs
+    max_len: int = 512  # tokens of prompt + response + EOS; must be <= model.max_seq_len
+    truncation: Literal["left", "drop"] = "left"  # over-long rows: cut the prompt from the left, or drop
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        s = self._section
+        _require(self.epochs > 0, f"{s}.epochs", f"must be > 0 (got {self.epochs})")
+        _require(self.max_steps >= 0, f"{s}.max_steps", f"must be >= 0 (got {self.max_steps})")
+        _require(self.max_len >= 16, f"{s}.max_len", f"must be >= 16 (got {self.max_len})")
+
+
+@dataclass(frozen=True)
+class SFTConfig(FinetuneConfig):
+    lr: float = 5e-4
+    eval_every: int = 10
+    patience: int = 3
+
+    _section = "sft"
+
+
+@dataclass(frozen=True)
+class DPOConfig(FinetuneConfig):
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # conservative DPO (ε); 0 = plain DPO
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
+    lr: float = 1e-4
+    epochs: float = 2.0
+    batch_size: int = 8
+    eval_every: int = 10
+
+    _section = "dpo"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.beta > 0, "dpo.beta", f"must be > 0 (got {self.beta})")
+        _require(0 <= self.label_smoothing < 0.5, "dpo.label_smoothing",
+                 f"must be in [0, 0.5) (got {self.label_smoothing})")
+
+
+SECTIONS: dict[str, type] = {
+    "prepare": PrepareConfig,
+    "tokenizer": TokenizerConfig,
+    "model": ModelConfig,
+    "pretrain": PretrainConfig,
+    "sft": SFTConfig,
+    "dpo": DPOConfig,
+}
+
+
+@dataclass(frozen=True)
+class Params:
+    """All of params.yaml, validated."""
+
+    prepare: PrepareConfig
+    tokenizer: TokenizerConfig
+    model: ModelConfig
+    pretrain: PretrainConfig
+    sft: SFTConfig
+    dpo: DPOConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it (ints widened to float where a float is due)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return build_config(tp, value, key)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        _require(value in allowed, key, f"must be one of {', '.join(map(repr, allowed))} (got {value!r})")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _check_value(value, option, key)
+            except ParamsError as e:
+                errors.append(str(e))
+        raise ParamsError(key, f"must be {' or '.join(_type_name(a) for a in typing.get_args(tp))} (got {value!r})")
+    if origin is list:
+        _require(isinstance(value, list), key, f"must be a list (got {value!r})")
+        (item,) = typing.get_args(tp)
+        return [_check_value(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _require(isinstance(value, dict), key, f"must be a mapping (got {value!r})")
+        ktp, vtp = typing.get_args(tp)
+        return {_check_value(k, ktp, key): _check_value(v, vtp, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        _require(isinstance(value, bool), key, f"must be true or false (got {value!r})")
+        return value
+    if tp is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer (got {value!r})")
+        return value
+    if tp is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), key,
+                 f"must be a number (got {value!r})")
+        return float(value)
+    if tp is str:
+        _require(isinstance(value, str), key, f"must be a string (got {value!r})")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module, not user input
+
+
+def build_config(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    _require(isinstance(raw, dict), prefix, f"must be a mapping of keys to values (got {raw!r})")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls) if f.init}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ParamsError(f"{prefix}.{unknown[0]}", f"unknown key (known keys: {', '.join(sorted(known))})")
+    kwargs = {name: _check_value(value, hints[name], f"{prefix}.{name}") for name, value in raw.items()}
+    return cls(**kwargs)
+
+
+def parse_params(raw: Any) -> Params:
+    """Validate a params mapping (as read from params.yaml). Missing sections take their defaults."""
+    if raw is None:
+        raw = {}
+    _require(isinstance(raw, dict), "params.yaml", "must be a mapping of sections")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ParamsError(unknown[0], f"unknown section (known: {', '.join(SECTIONS)})")
+    built = {name: build_config(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
+    params = Params(**built)
+    _check_cross_section(params)
+    return params
+
+
+def _check_cross_section(p: Params) -> None:
+    seq = p.pretrain.seq_len or p.model.max_seq_len
+    _require(seq <= p.model.max_seq_len, "pretrain.seq_len",
+             f"must be <= model.max_seq_len ({p.model.max_seq_len}) (got {seq})")
+    for name in ("sft", "dpo"):
+        cfg = getattr(p, name)
+        _require(cfg.max_len <= p.model.max_seq_len, f"{name}.max_len",
+                 f"must be <= model.max_seq_len ({p.model.max_seq_len}) (got {cfg.max_len})")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(str(path), "file not found; run from the repository root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ParamsError(str(path), f"is not valid YAML: {e}") from None
+    return parse_params(raw)
