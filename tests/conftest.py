@@ -1,0 +1,51 @@
+"""Shared fixtures: the real TinyStories shards, a tiny trained tokenizer, tiny model configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tinystories_dir() -> Path:
+    """The shared TinyStories shards (train/, valid/): $PICO_TINYSTORIES or ../shared/data/tinystories."""
+    env = os.environ.get("PICO_TINYSTORIES")
+    candidates = [Path(env)] if env else []
+    candidates += [REPO / "data" / "raw" / "tinystories", REPO.parent / "shared" / "data" / "tinystories"]
+    for path in candidates:
+        if path.is_dir() and any(path.rglob("*.txt")):
+            return path.resolve()
+    raise RuntimeError(
+        "TinyStories shards not found: set PICO_TINYSTORIES or put them in ../shared/data/tinystories "
+        "(train/ and valid/ folders of <|endoftext|>-separated .txt files)"
+    )
+
+
+@pytest.fixture(scope="session")
+def tinystories() -> Path:
+    return tinystories_dir()
+
+
+@pytest.fixture(scope="session")
+def sample_stories(tinystories) -> list[str]:
+    from pico.tinystories import clean_story, split_stories
+
+    text = (tinystories / "train" / "v2_mines-opt-ml_decoding-gpt.txt").read_text(encoding="utf-8")
+    return [clean_story(s) for s in split_stories(text)[:400] if s.strip()]
+
+
+@pytest.fixture(scope="session")
+def tok(sample_stories):
+    from pico.tokenizer import train_tokenizer
+
+    return train_tokenizer(sample_stories, 512)
+
+
+@pytest.fixture
+def tiny_model_cfg():
+    from pico.config import ModelConfig
+
+    return ModelConfig(type="transformer", d_model=32, n_layer=2, n_head=2, max_seq_len=64)

@@ -1,0 +1,99 @@
+"""Helpers for end-to-end tests: a copy of this repo in a temp git repo, run through the real DVC."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO, tinystories_dir
+
+BIN = Path(sys.executable).parent
+
+# Tiny params: every stage runs for real, in seconds.
+TINY_PARAMS = {
+    "prepare": {"max_stories": 400, "max_val_stories": 60},
+    "tokenizer": {"vocab_size": 1024},
+    "model": {"d_model": 32, "n_layer": 2, "n_head": 2, "max_seq_len": 128},
+    "pretrain": {"max_steps": 12, "batch_size": 4, "eval_every": 6, "save_every": 6, "eval_batches": 2,
+                 "warmup_steps": 2, "device": "cpu"},
+    "sft": {"max_len": 128},
+    "dpo": {"max_len": 128},
+}
+
+
+def deep_update(base: dict, new: dict) -> dict:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            deep_update(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"  # stage commands call `python`: this venv's
+    e["GIT_AUTHOR_NAME"] = e["GIT_COMMITTER_NAME"] = "pico-tests"
+    e["GIT_AUTHOR_EMAIL"] = e["GIT_COMMITTER_EMAIL"] = "tests@pico.invalid"
+    e.pop("PICO_TEST_KEEP", None)
+    return e
+
+
+def run(repo: Path, *cmd: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(cmd), cwd=repo, env=env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def dvc(repo: Path, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    return run(repo, str(BIN / "dvc"), *args, check=check, timeout=timeout)
+
+
+def ran_stages(proc: subprocess.CompletedProcess) -> list[str]:
+    """Stages DVC actually ran ("Running stage 'x'"), in order."""
+    out = proc.stdout + proc.stderr
+    return [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")]
+
+
+def make_repo(dest: Path, params: dict | None = None) -> Path:
+    """A fresh git repo holding this project's tracked files, the TinyStories shards linked, tiny params."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        src = REPO / rel
+        if not src.is_file() or rel.startswith(("metrics/", "plots/", "results/", "eval/")) or rel == "dvc.lock":
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+    (dest / "data" / "raw").mkdir(parents=True, exist_ok=True)
+    (dest / "data" / "raw" / "tinystories").symlink_to(tinystories_dir())
+    write_params(dest, deep_update(yaml.safe_load((REPO / "params.yaml").read_text()),
+                                   deep_update(yaml.safe_load(yaml.safe_dump(TINY_PARAMS)), params or {})))
+    run(dest, "git", "init", "-q", "-b", "main")
+    run(dest, "git", "add", "-A")
+    run(dest, "git", "commit", "-qm", "init")
+    return dest
+
+
+def write_params(repo: Path, params: dict) -> None:
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def read_params(repo: Path) -> dict:
+    return yaml.safe_load((repo / "params.yaml").read_text())
+
+
+def set_params(repo: Path, updates: dict) -> None:
+    write_params(repo, deep_update(read_params(repo), updates))
+
+
+def clone_repo(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest, symlinks=True)
+    return dest

@@ -1,0 +1,73 @@
+"""The real pipeline through DVC, on tiny params, in a temp git repo."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pipeline import clone_repo, dvc, make_repo, ran_stages, set_params
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """One full `dvc repro` on tiny params; tests that change things work on copies of it."""
+    repo = make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+    proc = dvc(repo, "repro")
+    return repo, proc
+
+
+@pytest.fixture
+def repo_copy(built, tmp_path):
+    return clone_repo(built[0], tmp_path / "repo")
+
+
+def test_repro_runs_every_stage_and_writes_outputs(built):
+    repo, proc = built
+    assert ran_stages(proc)[:3] == ["prepare", "tokenizer", "pretrain"]
+    for rel in ["data/prepared/train.txt", "data/prepared/val.txt", "data/tokenizer/tokenizer.json",
+                "data/tokens/train.bin", "data/tokens/val.bin", "checkpoints/base.pt",
+                "plots/pretrain/train.csv", "plots/pretrain/val.csv"]:
+        assert (repo / rel).is_file(), rel
+    prepare = json.loads((repo / "metrics/prepare.json").read_text())
+    assert prepare["train"]["stories"] == 400 and prepare["val"]["stories"] == 60
+    assert prepare["source"]["own_valid_split"] is True
+    pretrain = json.loads((repo / "metrics/pretrain.json").read_text())
+    assert pretrain["val_loss"] < pretrain["unigram_val_loss"] + 1.0  # 12 steps: at least in the right range
+    assert pretrain["steps"] == 12 and pretrain["val_bpb"] > 0
+    ckpt = torch.load(repo / "checkpoints/base.pt", weights_only=True)
+    assert ckpt["format"] == "pico-checkpoint" and ckpt["model"]["d_model"] == 32
+    assert not (repo / "checkpoints/resume/pretrain.pt").exists()  # removed once the stage finished
+
+
+def test_nothing_to_do_after_repro(repo_copy):
+    status = dvc(repo_copy, "status", "--json")
+    assert json.loads(status.stdout) == {}
+    assert ran_stages(dvc(repo_copy, "repro")) == []
+
+
+def test_pretrain_param_change_reruns_only_pretrain_and_downstream(repo_copy):
+    set_params(repo_copy, {"pretrain": {"lr": 0.003}})
+    ran = ran_stages(dvc(repo_copy, "repro"))
+    assert "pretrain" in ran
+    assert "prepare" not in ran and "tokenizer" not in ran
+
+
+def test_metrics_and_plots_are_readable_by_dvc(repo_copy):
+    shown = json.loads(dvc(repo_copy, "metrics", "show", "--json").stdout)
+    flat = json.dumps(shown)
+    assert "val_bpb" in flat and "val_bytes_per_token" in flat
+    plots = dvc(repo_copy, "plots", "show", "--json")
+    assert "plots/pretrain/val.csv" in plots.stdout or "Pretrain" in plots.stdout
+
+
+def test_bad_param_fails_fast_naming_the_key_and_touches_nothing(repo_copy):
+    before = (repo_copy / "checkpoints/base.pt").read_bytes()
+    set_params(repo_copy, {"pretrain": {"lr": -1}})
+    proc = dvc(repo_copy, "repro", check=False)
+    assert proc.returncode != 0
+    assert "pretrain.lr" in proc.stdout + proc.stderr
+    assert (repo_copy / "checkpoints/base.pt").read_bytes() == before
