@@ -24,10 +24,10 @@ data:
 repro: setup data
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 
-test: setup
+test: setup data
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n 2 --durations=15
 
-test-fast: setup
+test-fast: setup data
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n 2 -m "not e2e"
 
 clean-venv:
