@@ -201,9 +201,71 @@ class DPOConfig(FinetuneConfig):
                  f"must be in [0, 0.5) (got {self.label_smoothing})")
 
 
+@dataclass(frozen=True)
+class TeacherConfig:
+    """An OpenAI-compatible chat-completions endpoint. The API key is read from the environment only."""
+
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key
+    temperature: float = 0.9
+    max_tokens: int = 700
+    concurrency: int = 4
+    timeout_s: float = 60.0
+    max_retries: int = 6  # per request, for timeouts, dropped connections, 429, 5xx and malformed replies
+    max_attempts: int = 3  # generations per story before an invalid one is dropped
+    backoff_s: float = 1.0  # first retry wait; doubles each time (Retry-After wins when the server sends it)
+
+    def __post_init__(self) -> None:
+        _require(self.base_url.startswith(("http://", "https://")), "generate.teacher.base_url",
+                 f"must be an http(s) URL (got {self.base_url!r})")
+        _require(bool(self.model), "generate.teacher.model", "must not be empty")
+        _require(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env) is not None, "generate.teacher.api_key_env",
+                 "must be the name of an environment variable (like OPENAI_API_KEY), never the key itself")
+        _require(0 <= self.temperature <= 2, "generate.teacher.temperature", f"must be in [0, 2] (got {self.temperature})")
+        _require(self.max_tokens > 0, "generate.teacher.max_tokens", f"must be > 0 (got {self.max_tokens})")
+        _require(1 <= self.concurrency <= 64, "generate.teacher.concurrency", f"must be in [1, 64] (got {self.concurrency})")
+        _require(self.timeout_s > 0, "generate.teacher.timeout_s", f"must be > 0 (got {self.timeout_s})")
+        _require(self.max_retries >= 0, "generate.teacher.max_retries", f"must be >= 0 (got {self.max_retries})")
+        _require(self.max_attempts >= 1, "generate.teacher.max_attempts", f"must be >= 1 (got {self.max_attempts})")
+        _require(self.backoff_s >= 0, "generate.teacher.backoff_s", f"must be >= 0 (got {self.backoff_s})")
+
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """SFT and DPO data for the horror-story task."""
+
+    provider: Literal["template", "openai"] = "template"
+    seed: int = 1234
+    purpose: str = "baseline"  # why this data was made (a slug); recorded in data/dataset.json
+    description: str = ""
+    sft_splits: dict[str, int] = field(default_factory=lambda: {"train": 256, "valid": 32, "test": 32})
+    dpo_splits: dict[str, int] = field(default_factory=lambda: {"train": 256, "valid": 32, "test": 32})
+    # easy: rejected is wholesome; hard: rejected is eerie but breaks one constraint; a number: share of hard pairs
+    pair_difficulty: Literal["easy", "hard"] | float = "easy"
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+    def __post_init__(self) -> None:
+        _require(_SLUG.match(self.purpose) is not None, "generate.purpose",
+                 f"must be a lowercase slug like prompt_engineering (got {self.purpose!r})")
+        for name in ("sft_splits", "dpo_splits"):
+            splits = getattr(self, name)
+            _require(set(splits) == set(SPLITS), f"generate.{name}",
+                     f"must have exactly the keys {', '.join(SPLITS)} (got {', '.join(splits) or 'none'})")
+            for split, n in splits.items():
+                _require(n >= 1, f"generate.{name}.{split}", f"must be >= 1 (got {n})")
+        if isinstance(self.pair_difficulty, float):
+            _require(0.0 <= self.pair_difficulty <= 1.0, "generate.pair_difficulty",
+                     f"must be easy, hard or a share of hard pairs in [0, 1] (got {self.pair_difficulty})")
+
+
 SECTIONS: dict[str, type] = {
     "prepare": PrepareConfig,
     "tokenizer": TokenizerConfig,
+    "generate": GenerateConfig,
     "model": ModelConfig,
     "pretrain": PretrainConfig,
     "sft": SFTConfig,
@@ -217,6 +279,7 @@ class Params:
 
     prepare: PrepareConfig
     tokenizer: TokenizerConfig
+    generate: GenerateConfig
     model: ModelConfig
     pretrain: PretrainConfig
     sft: SFTConfig

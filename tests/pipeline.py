@@ -21,6 +21,7 @@ TINY_PARAMS = {
     "model": {"d_model": 32, "n_layer": 2, "n_head": 2, "max_seq_len": 128},
     "pretrain": {"max_steps": 12, "batch_size": 4, "eval_every": 6, "save_every": 6, "eval_batches": 2,
                  "warmup_steps": 2, "device": "cpu"},
+    "generate": {"sft_splits": {"train": 24, "valid": 8, "test": 8}, "dpo_splits": {"train": 24, "valid": 8, "test": 8}},
     "sft": {"max_len": 128},
     "dpo": {"max_len": 128},
 }

@@ -27,10 +27,11 @@ def repo_copy(built, tmp_path):
 
 def test_repro_runs_every_stage_and_writes_outputs(built):
     repo, proc = built
-    assert ran_stages(proc)[:3] == ["prepare", "tokenizer", "pretrain"]
+    assert set(ran_stages(proc)) >= {"prepare", "tokenizer", "generate", "pretrain"}
     for rel in ["data/prepared/train.txt", "data/prepared/val.txt", "data/tokenizer/tokenizer.json",
                 "data/tokens/train.bin", "data/tokens/val.bin", "checkpoints/base.pt",
-                "plots/pretrain/train.csv", "plots/pretrain/val.csv"]:
+                "plots/pretrain/train.csv", "plots/pretrain/val.csv", "data/sft/train.jsonl", "data/sft/test.jsonl",
+                "data/dpo/train.jsonl", "data/dpo/valid.jsonl", "data/dataset.json", "metrics/generate.json"]:
         assert (repo / rel).is_file(), rel
     prepare = json.loads((repo / "metrics/prepare.json").read_text())
     assert prepare["train"]["stories"] == 400 and prepare["val"]["stories"] == 60
@@ -54,6 +55,16 @@ def test_pretrain_param_change_reruns_only_pretrain_and_downstream(repo_copy):
     ran = ran_stages(dvc(repo_copy, "repro"))
     assert "pretrain" in ran
     assert "prepare" not in ran and "tokenizer" not in ran
+
+
+def test_generate_param_change_does_not_rerun_pretraining(repo_copy):
+    set_params(repo_copy, {"generate": {"pair_difficulty": "hard"}})
+    ran = ran_stages(dvc(repo_copy, "repro"))
+    assert "generate" in ran
+    assert not {"prepare", "tokenizer", "pretrain"} & set(ran)
+    generated = json.loads((repo_copy / "metrics/generate.json").read_text())
+    assert "wholesome" not in generated["dpo"]["train"]["pair_kinds"]
+    assert generated["sft"]["train"]["answer_tokens"]["max"] > 0  # token stats with the project tokenizer
 
 
 def test_metrics_and_plots_are_readable_by_dvc(repo_copy):

@@ -1,0 +1,178 @@
+"""SFT and DPO rows for the horror-story task, from the template writer or a teacher LLM.
+
+Rows are made per (dataset, split, index) with their own seeded RNG, so the output does not depend on
+thread scheduling or on how many rows other splits have.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from pico.checks import check_story, failed_checks
+from pico.config import SPLITS, GenerateConfig
+from pico.prompt import build_prompt
+from pico.spec import Spec, sample_specs
+from pico.stories import BROKEN_CHECK, PAIR_KIND_EASY, PAIR_KINDS_HARD, horror_story, wholesome_story
+from pico.teacher import TeacherClient
+from pico.tinystories import summarize
+from pico.tokenizer import Tokenizer
+
+DATASETS = ("sft", "dpo")
+REFUSALS = ("i can't", "i cannot", "i'm sorry", "i am sorry", "as an ai", "i won't")
+
+
+def assign_specs(cfg: GenerateConfig) -> dict[tuple[str, str], list[Spec]]:
+    """One draw of distinct specs, cut into (dataset, split) parts: no spec is shared between any two."""
+    sizes = [(d, s, getattr(cfg, f"{d}_splits")[s]) for d in DATASETS for s in SPLITS]
+    specs = sample_specs(sum(n for _, _, n in sizes), cfg.seed)
+    out, start = {}, 0
+    for dataset, split, n in sizes:
+        out[(dataset, split)] = specs[start : start + n]
+        start += n
+    return out
+
+
+def row_rng(seed: int, dataset: str, split: str, index: int) -> random.Random:
+    return random.Random(f"{seed}/{dataset}/{split}/{index}")
+
+
+def pick_pair_kind(rng: random.Random, difficulty: str | float) -> str:
+    share = {"easy": 0.0, "hard": 1.0}.get(difficulty, difficulty) if isinstance(difficulty, str) else difficulty
+    if share > 0 and rng.random() < share:
+        return rng.choice(PAIR_KINDS_HARD)
+    return PAIR_KIND_EASY
+
+
+def rejected_is_valid(story: str, spec: Spec, kind: str) -> bool:
+    """A hard rejected story breaks exactly its one constraint; an easy one is not a horror story at all."""
+    failed = failed_checks(check_story(story, spec))
+    if kind == PAIR_KIND_EASY:
+        return "unsettling_ending" in failed and "twist_present" in failed
+    return failed == [BROKEN_CHECK[kind]]
+
+
+def chosen_is_valid(story: str, spec: Spec) -> bool:
+    text = story.strip().lower()
+    return bool(text) and not text.startswith(REFUSALS) and not failed_checks(check_story(story, spec))
+
+
+# ----------------------------------------------------------------------------------------------- template
+def template_row(dataset: str, spec: Spec, rng: random.Random, difficulty: str | float) -> dict:
+    prompt = build_prompt(spec)
+    if dataset == "sft":
+        return {"prompt": prompt, "response": horror_story(spec, rng), "spec": spec.to_dict()}
+    kind = pick_pair_kind(rng, difficulty)
+    chosen = horror_story(spec, rng)
+    rejected = wholesome_story(spec, rng) if kind == PAIR_KIND_EASY else horror_story(spec, rng, break_rule=kind)
+    # the templates are built so these hold for every spec; a failure is a bug in pico, not in the data
+    if not chosen_is_valid(chosen, spec) or not rejected_is_valid(rejected, spec, kind):
+        raise AssertionError(f"template pair of kind {kind} fails its own checks for spec {spec}")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "spec": spec.to_dict(), "pair_kind": kind}
+
+
+# ----------------------------------------------------------------------------------------------- teacher
+REJECTED_INSTRUCTIONS = {
+    PAIR_KIND_EASY: "Ignore the horror request: write a cheerful, wholesome story with these characters and "
+                    "this object, 2 to 4 paragraphs, with no rule and no twist, ending happily.",
+    "taboo_missing": "Keep it eerie and follow every part of the specification except one: never mention or "
+                     "hint at the taboo rule.",
+    "twist_missing": "Keep it eerie and follow every part of the specification except one: do not reveal "
+                     "or hint at the twist.",
+    "wrong_paragraph_count": "Follow the specification, but write the whole story as one single paragraph.",
+    "happy_ending": "Follow the specification, but end happily: everyone safe, cheerful and smiling.",
+}
+
+
+def teacher_messages(prompt: str, rejected_kind: str | None = None) -> list[dict]:
+    content = prompt if rejected_kind is None else f"{prompt}\n\n{REJECTED_INSTRUCTIONS[rejected_kind]}\n"
+    return [{"role": "user", "content": content}]
+
+
+@dataclass
+class TeacherOutcome:
+    row: dict | None
+    regenerated: int = 0
+    dropped: str = ""  # which story was unusable after every attempt
+
+
+def _first_valid(client: TeacherClient, messages: list[dict], attempts: int, valid) -> tuple[str | None, int]:
+    for attempt in range(attempts):
+        story = client.complete(messages, attempt).strip()
+        if valid(story):
+            return story, attempt
+    return None, attempts
+
+
+def teacher_row(client: TeacherClient, dataset: str, spec: Spec, rng: random.Random, difficulty: str | float,
+                attempts: int) -> TeacherOutcome:
+    prompt = build_prompt(spec)
+    chosen, tries = _first_valid(client, teacher_messages(prompt), attempts, lambda s: chosen_is_valid(s, spec))
+    if chosen is None:
+        return TeacherOutcome(None, tries, "chosen" if dataset == "dpo" else "response")
+    if dataset == "sft":
+        return TeacherOutcome({"prompt": prompt, "response": chosen, "spec": spec.to_dict()}, tries)
+    kind = pick_pair_kind(rng, difficulty)
+    rejected, more = _first_valid(client, teacher_messages(prompt, kind), attempts,
+                                  lambda s: rejected_is_valid(s, spec, kind))
+    if rejected is None:
+        return TeacherOutcome(None, tries + more, "rejected")
+    row = {"prompt": prompt, "chosen": chosen, "rejected": rejected, "spec": spec.to_dict(), "pair_kind": kind}
+    return TeacherOutcome(row, tries + more)
+
+
+# ----------------------------------------------------------------------------------------------- all rows
+@dataclass
+class Generated:
+    rows: dict[tuple[str, str], list[dict]]
+    dropped: Counter = field(default_factory=Counter)
+    regenerated: int = 0
+
+
+def generate_rows(cfg: GenerateConfig, client: TeacherClient | None = None, progress=None) -> Generated:
+    """Every (dataset, split)'s rows, in spec order. `client` is required for the openai provider."""
+    parts = assign_specs(cfg)
+    jobs = [(d, s, i, spec) for (d, s), specs in parts.items() for i, spec in enumerate(specs)]
+    out = Generated(rows={key: [] for key in parts})
+
+    if cfg.provider == "template":
+        for d, s, i, spec in jobs:
+            out.rows[(d, s)].append(template_row(d, spec, row_rng(cfg.seed, d, s, i), cfg.pair_difficulty))
+            if progress:
+                progress.update(1)
+        return out
+
+    assert client is not None, "the openai provider needs a TeacherClient"
+
+    def work(job):
+        d, s, i, spec = job
+        return teacher_row(client, d, spec, row_rng(cfg.seed, d, s, i), cfg.pair_difficulty,
+                           cfg.teacher.max_attempts)
+
+    with ThreadPoolExecutor(max_workers=cfg.teacher.concurrency) as pool:
+        for (d, s, _, _), outcome in zip(jobs, pool.map(work, jobs)):  # map keeps spec order
+            out.regenerated += outcome.regenerated
+            if outcome.row is None:
+                out.dropped[f"{d}/{s}/{outcome.dropped}"] += 1
+            else:
+                out.rows[(d, s)].append(outcome.row)
+            if progress:
+                progress.update(1)
+    return out
+
+
+def dataset_stats(rows: list[dict], tok: Tokenizer | None) -> dict:
+    """Quick stats of one split, in the shape of the original results bundle."""
+    answer_key = "response" if rows and "response" in rows[0] else "chosen"
+    stats: dict = {"n_rows": len(rows)}
+    columns = {"prompt": "prompt", "answer": answer_key}
+    if rows and "rejected" in rows[0]:
+        columns["rejected"] = "rejected"
+    for name, key in columns.items():
+        texts = [r[key] for r in rows]
+        stats[f"{name}_chars"] = summarize([len(t) for t in texts])
+        if tok is not None:
+            stats[f"{name}_tokens"] = summarize([len(ids) for ids in tok.encode_batch(texts)])
+    return stats

@@ -1,0 +1,92 @@
+"""The one prompt format, and `encode_sft`: the (ids, loss mask) every SFT/DPO/eval/play path uses.
+
+The prompt and the response are tokenized separately and concatenated, never tokenized as one string,
+so the ids the model is trained on after the prompt are exactly the ids of the response it must learn
+to produce, and the loss mask lines up with them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pico.spec import Spec
+from pico.tokenizer import Tokenizer
+
+PREAMBLE = "You are a creative writing assistant.\nWrite a short horror story that follows this story specification."
+LABELS = {
+    "title": "Title",
+    "setting": "Setting",
+    "protagonist": "Protagonist",
+    "supporting": "Supporting character",
+    "object": "Important object",
+    "taboo": "Taboo rule",
+    "twist": "Twist",
+}
+CONSTRAINTS = [
+    "2 to 4 paragraphs.",
+    "Keep it suspenseful and eerie, not graphic.",
+    "End with an unsettling implication.",
+]
+STORY_MARKER = "Story:\n"
+
+
+def build_prompt(spec: Spec) -> str:
+    lines = [PREAMBLE, ""]
+    lines += [f"{label}: {getattr(spec, key)}" for key, label in LABELS.items()]
+    lines += ["", "Constraints:"] + [f"- {c}" for c in CONSTRAINTS] + ["", STORY_MARKER]
+    return "\n".join(lines)
+
+
+_FIELD_RE = re.compile(r"^(" + "|".join(re.escape(v) for v in LABELS.values()) + r"): (.*)$", re.MULTILINE)
+
+
+def parse_prompt(prompt: str) -> Spec:
+    """The spec a prompt was built from; ValueError naming what is missing if it is not in the format."""
+    found: dict[str, str] = {}
+    by_label = {label: key for key, label in LABELS.items()}
+    for label, value in _FIELD_RE.findall(prompt):
+        key = by_label[label]
+        if key in found:
+            raise ValueError(f"prompt has '{label}:' twice")
+        found[key] = value.strip()
+    missing = [LABELS[k] for k in LABELS if k not in found]
+    if missing:
+        raise ValueError(f"prompt is missing {', '.join(repr(m + ':') for m in missing)}")
+    return Spec(**found)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """ids = prompt ids + response ids + [EOS]; the loss covers ids[loss_start:] (the response and EOS)."""
+
+    ids: list[int]
+    loss_start: int
+    truncated: bool  # prompt cut from the left to fit max_len
+
+    @property
+    def n_loss_tokens(self) -> int:
+        return len(self.ids) - self.loss_start
+
+
+def encode_sft(tok: Tokenizer, prompt: str, response: str, max_len: int, truncation: str = "left") -> Encoded | None:
+    """Encode one (prompt, response) pair; None when it cannot fit (`truncation: drop`, or response too long).
+
+    Over-long pairs lose prompt tokens from the left (the instructions at the top go first; the spec and
+    "Story:" stay next to the response), so the response ids and their mask never shift.
+    """
+    prompt_ids = tok.encode(prompt)
+    response_ids = tok.encode(response) + [tok.eot_id]
+    truncated = False
+    overflow = len(prompt_ids) + len(response_ids) - max_len
+    if overflow > 0:
+        if truncation == "drop" or overflow >= len(prompt_ids):
+            return None  # keep at least one prompt token so the first response token has context
+        prompt_ids = prompt_ids[overflow:]
+        truncated = True
+    return Encoded(ids=prompt_ids + response_ids, loss_start=len(prompt_ids), truncated=truncated)
+
+
+def encode_prompt(tok: Tokenizer, prompt: str) -> list[int]:
+    """The ids a model is given to continue at generation time: exactly the prompt part of `encode_sft`."""
+    return tok.encode(prompt)

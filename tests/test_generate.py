@@ -1,0 +1,297 @@
+"""The generate stage: prompt format, template data, teacher provider against a local server."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fake_teacher import FakeTeacher
+from pico.checks import check_story, failed_checks
+from pico.config import GenerateConfig, TeacherConfig
+from pico.errors import DataError, ParamsError
+from pico.generate import assign_specs, generate_rows, template_row
+from pico.prompt import build_prompt, parse_prompt
+from pico.spec import FIELDS, TABOOS, TWISTS, VALUES, Spec, n_distinct_specs, sample_specs
+from pico.stories import BROKEN_CHECK, PAIR_KINDS_HARD
+from pico.teacher import TeacherClient, TeacherError, api_key_from_env
+
+from conftest import REPO
+
+SMALL = {"train": 6, "valid": 2, "test": 2}
+
+
+def small_cfg(**kw) -> GenerateConfig:
+    return GenerateConfig(**{"sft_splits": SMALL, "dpo_splits": SMALL, **kw})
+
+
+# ----------------------------------------------------------------------------------------------- format
+def test_value_lists_are_curated_and_large():
+    for f in FIELDS:
+        assert len(VALUES[f]) >= 30, f
+        assert len(set(VALUES[f])) == len(VALUES[f]), f"duplicate value in {f}"
+
+
+def test_prompt_round_trip_for_sampled_specs():
+    for spec in sample_specs(200, 3):
+        assert parse_prompt(build_prompt(spec)) == spec
+
+
+_field = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1).map(str.strip).filter(bool)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.builds(Spec, *[_field] * 7))
+def test_prompt_round_trip_for_any_field_text(spec):
+    assert parse_prompt(build_prompt(spec)) == spec
+
+
+def test_prompt_format_is_the_documented_one():
+    spec = Spec("The Door That Wasn't There", "an old apartment building during a winter blackout", "Mina", "Kai",
+                "a brass key", "never answer knocks after 2 a.m.", "the sound is coming from inside the walls")
+    assert build_prompt(spec) == (
+        "You are a creative writing assistant.\nWrite a short horror story that follows this story specification.\n\n"
+        "Title: The Door That Wasn't There\nSetting: an old apartment building during a winter blackout\n"
+        "Protagonist: Mina\nSupporting character: Kai\nImportant object: a brass key\n"
+        "Taboo rule: never answer knocks after 2 a.m.\nTwist: the sound is coming from inside the walls\n\n"
+        "Constraints:\n- 2 to 4 paragraphs.\n- Keep it suspenseful and eerie, not graphic.\n"
+        "- End with an unsettling implication.\n\nStory:\n"
+    )
+
+
+def test_parse_prompt_names_what_is_missing():
+    with pytest.raises(ValueError, match="'Twist:'"):
+        parse_prompt(build_prompt(sample_specs(1, 0)[0]).replace("Twist:", "Turn:"))
+
+
+# ----------------------------------------------------------------------------------------------- template data
+def test_template_rows_are_deterministic_and_seed_dependent():
+    a = generate_rows(small_cfg(pair_difficulty=0.5)).rows
+    b = generate_rows(small_cfg(pair_difficulty=0.5)).rows
+    c = generate_rows(small_cfg(pair_difficulty=0.5, seed=99)).rows
+    assert a == b
+    assert a != c
+
+
+def test_no_spec_is_shared_across_splits_or_datasets():
+    parts = assign_specs(GenerateConfig())
+    seen: dict[Spec, tuple] = {}
+    for key, specs in parts.items():
+        for spec in specs:
+            assert spec not in seen, f"{spec} in {key} and {seen[spec]}"
+            seen[spec] = key
+    assert len(parts[("sft", "train")]) == 256
+
+
+def test_sft_responses_follow_their_spec():
+    rows = generate_rows(small_cfg()).rows
+    for row in rows[("sft", "train")]:
+        spec = Spec.from_dict(row["spec"])
+        assert row["prompt"] == build_prompt(spec)
+        assert failed_checks(check_story(row["response"], spec)) == []
+
+
+def test_every_hard_pair_breaks_exactly_the_constraint_it_claims():
+    rng = random.Random(0)
+    specs = sample_specs(400, 17)
+    # every taboo and twist value at least once
+    specs += [dataclasses.replace(specs[i], taboo=t) for i, t in enumerate(TABOOS)]
+    specs += [dataclasses.replace(specs[i], twist=t) for i, t in enumerate(TWISTS)]
+    kinds = set()
+    for spec in specs:
+        row = template_row("dpo", spec, rng, "hard")
+        kinds.add(row["pair_kind"])
+        assert failed_checks(check_story(row["chosen"], spec)) == []
+        assert failed_checks(check_story(row["rejected"], spec)) == [BROKEN_CHECK[row["pair_kind"]]]
+    assert kinds == set(PAIR_KINDS_HARD)
+
+
+def test_easy_pairs_reject_a_wholesome_story():
+    rows = generate_rows(small_cfg(pair_difficulty="easy")).rows[("dpo", "train")]
+    for row in rows:
+        assert row["pair_kind"] == "wholesome"
+        failed = failed_checks(check_story(row["rejected"], Spec.from_dict(row["spec"])))
+        assert "unsettling_ending" in failed and "twist_present" in failed
+
+
+def test_mix_ratio_gives_both_kinds():
+    cfg = GenerateConfig(dpo_splits={"train": 200, "valid": 1, "test": 1}, sft_splits=SMALL, pair_difficulty=0.5)
+    kinds = [r["pair_kind"] for r in generate_rows(cfg).rows[("dpo", "train")]]
+    n_hard = sum(k != "wholesome" for k in kinds)
+    assert 70 < n_hard < 130
+
+
+def test_articles_and_pronouns_read_right():
+    rows = generate_rows(GenerateConfig(pair_difficulty=0.5)).rows
+    texts = [r.get("response") or r["chosen"] + "\n" + r["rejected"] for rs in rows.values() for r in rs]
+    for text in texts:
+        assert not re.search(r"\b(the|a|an) (a|an|the)\b", text, re.IGNORECASE), text
+        assert ".." not in text.replace("...", "")
+        assert not re.search(r", The [a-z]+ was gone", text), text  # "the landlord" mid-sentence stays lowercase
+    from pico.spec import PROTAGONISTS
+
+    for rs in rows.values():
+        for r in rs:
+            name = r["spec"]["protagonist"]
+            story = r.get("response") or r["chosen"]
+            wrong = "his" if PROTAGONISTS[name] == "she" else "her"
+            assert not re.search(rf"\b{name} \w+ {wrong} own name\b", story)
+
+
+def test_too_many_rows_for_the_value_lists_is_a_params_error():
+    n = n_distinct_specs()
+    with pytest.raises(ParamsError, match="generate.splits"):
+        assign_specs(GenerateConfig(sft_splits={"train": n, "valid": 1, "test": 1}))
+
+
+# ----------------------------------------------------------------------------------------------- teacher
+@pytest.fixture
+def teacher():
+    servers = []
+
+    def start(**kw):
+        server = FakeTeacher(**kw)
+        servers.append(server)
+        return server
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def teacher_cfg(server: FakeTeacher, **kw) -> GenerateConfig:
+    t = TeacherConfig(base_url=server.base_url, model="fake-1", concurrency=3, timeout_s=1.0, max_retries=4,
+                      max_attempts=3, backoff_s=0.0, **kw)
+    return small_cfg(provider="openai", teacher=t, pair_difficulty=0.5)
+
+
+def test_teacher_rows_are_valid_and_a_rerun_is_free(teacher, tmp_path):
+    server = teacher()
+    cfg = teacher_cfg(server)
+    client = TeacherClient(cfg.teacher, tmp_path / "cache", "sk-test-123", seed=cfg.seed)
+    first = generate_rows(cfg, client)
+    assert sum(len(r) for r in first.rows.values()) == 2 * sum(SMALL.values())
+    n_requests = len(server.requests)
+    again = generate_rows(cfg, TeacherClient(cfg.teacher, tmp_path / "cache", "sk-test-123", seed=cfg.seed))
+    assert again.rows == first.rows
+    assert len(server.requests) == n_requests  # everything came from the cache
+    for row in first.rows[("dpo", "train")]:
+        spec = Spec.from_dict(row["spec"])
+        assert failed_checks(check_story(row["chosen"], spec)) == []
+
+
+def test_teacher_faults_are_retried_and_counted(teacher, tmp_path):
+    faults = ["429", "500", "malformed", "drop", "slow", None, "500", None]
+    server = teacher(faults=faults, slow_s=1.5)
+    cfg = teacher_cfg(server)
+    client = TeacherClient(cfg.teacher, tmp_path / "cache", "sk-test-123", seed=cfg.seed)
+    out = generate_rows(cfg, client)
+    assert sum(len(r) for r in out.rows.values()) == 2 * sum(SMALL.values())
+    retried = {k: v for k, v in client.stats.items() if k.startswith("retried/")}
+    assert retried["retried/http_429"] == 1 and retried["retried/http_500"] == 2
+    assert retried["retried/malformed"] == 1 and retried["retried/connection"] == 2  # dropped + timed out
+    keys = [json.dumps(b, sort_keys=True) for b in server.requests]
+    answered = len(keys) - sum(retried.values())
+    cached = list((tmp_path / "cache").rglob("*.json"))
+    assert len(cached) == answered  # one cache entry per answered request: nothing duplicated
+
+
+def test_invalid_answers_are_regenerated_then_dropped(teacher, tmp_path):
+    server = teacher(faults=["refuse", "one_paragraph"])
+    cfg = teacher_cfg(server)
+    out = generate_rows(cfg, TeacherClient(cfg.teacher, tmp_path / "c", "k", seed=cfg.seed))
+    assert out.regenerated >= 2 and not out.dropped
+    server2 = teacher(faults=["refuse"] * 3)
+    cfg2 = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, base_url=server2.base_url, concurrency=1))
+    out2 = generate_rows(cfg2, TeacherClient(cfg2.teacher, tmp_path / "c2", "k", seed=cfg.seed))
+    assert sum(out2.dropped.values()) == 1
+    assert sum(len(r) for r in out2.rows.values()) == 2 * sum(SMALL.values()) - 1
+
+
+def test_teacher_gives_up_with_a_clear_error(teacher, tmp_path):
+    server = teacher(faults=["500"] * 10)
+    cfg = teacher_cfg(server)
+    client = TeacherClient(dataclasses.replace(cfg.teacher, max_retries=2), tmp_path / "c", "sk-secret", seed=0)
+    with pytest.raises(TeacherError, match="no usable answer after 3 tries") as e:
+        client.complete([{"role": "user", "content": build_prompt(sample_specs(1, 0)[0])}])
+    assert "sk-secret" not in str(e.value)
+
+
+def test_rejected_key_is_reported_without_the_key(teacher, tmp_path):
+    server = teacher(required_key="right-key")
+    cfg = teacher_cfg(server)
+    client = TeacherClient(cfg.teacher, tmp_path / "c", "sk-wrong-key", seed=0)
+    with pytest.raises(TeacherError, match="refused the API key") as e:
+        client.complete([{"role": "user", "content": build_prompt(sample_specs(1, 0)[0])}])
+    assert "sk-wrong-key" not in str(e.value) and "OPENAI_API_KEY" in str(e.value)
+
+
+def test_missing_key_and_malformed_cache(tmp_path):
+    with pytest.raises(TeacherError, match="OPENAI_API_KEY"):
+        api_key_from_env({}, TeacherConfig())
+    client = TeacherClient(TeacherConfig(), tmp_path, "k")
+    messages = [{"role": "user", "content": "hi"}]
+    path = client.cache_path(client.request_body(messages, 0))
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    with pytest.raises(DataError, match=re.escape(str(path))):
+        client.complete(messages)
+
+
+# ----------------------------------------------------------------------------------------------- the stage
+def run_stage(tmp_path, params: dict, env: dict | None = None) -> subprocess.CompletedProcess:
+    import yaml
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, str(REPO / "stages/generate.py"), "--params", str(tmp_path / "params.yaml"),
+           "--tokenizer", str(tmp_path / "none.json"), "--out-dir", str(tmp_path / "data"),
+           "--cache-dir", str(tmp_path / "data/teacher_cache"), "--metrics", str(tmp_path / "metrics.json")]
+    import os
+
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=tmp_path)
+
+
+def test_stage_writes_byte_identical_files_and_metrics(tmp_path):
+    params = {"generate": {"sft_splits": SMALL, "dpo_splits": SMALL, "purpose": "prompt_engineering"}}
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    assert run_stage(a, params).returncode == 0
+    assert run_stage(b, params).returncode == 0
+    for rel in ["sft/train.jsonl", "sft/test.jsonl", "dpo/train.jsonl", "dpo/valid.jsonl", "dataset.json"]:
+        assert (a / "data" / rel).read_bytes() == (b / "data" / rel).read_bytes(), rel
+    meta = json.loads((a / "data/dataset.json").read_text())
+    assert meta["purpose"] == "prompt_engineering" and meta["rows"]["dpo/train"] == 6
+    metrics = json.loads((a / "metrics.json").read_text())
+    assert set(metrics["sft"]["train"]) == {"n_rows", "prompt_chars", "answer_chars"}
+    assert set(metrics["sft"]["train"]["prompt_chars"]) == {"min", "p50", "p90", "max", "mean"}
+
+
+def test_stage_openai_without_key_fails_before_writing(tmp_path):
+    params = {"generate": {"provider": "openai", "sft_splits": SMALL, "dpo_splits": SMALL,
+                           "teacher": {"api_key_env": "PICO_TEST_NO_SUCH_KEY"}}}
+    proc = run_stage(tmp_path, params)
+    assert proc.returncode == 2
+    assert "PICO_TEST_NO_SUCH_KEY" in proc.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_stage_with_teacher_never_writes_the_key(teacher, tmp_path):
+    server = teacher()
+    secret = "sk-live-DO-NOT-LEAK-0123456789"
+    params = {"generate": {"provider": "openai", "sft_splits": SMALL, "dpo_splits": SMALL,
+                           "teacher": {"base_url": server.base_url, "api_key_env": "PICO_TEST_KEY",
+                                       "backoff_s": 0.0}}}
+    proc = run_stage(tmp_path, params, env={"PICO_TEST_KEY": secret})
+    assert proc.returncode == 0, proc.stderr
+    assert all(h == f"Bearer {secret}" for h in server.headers_seen)
+    assert secret not in proc.stdout + proc.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
