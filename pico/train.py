@@ -284,7 +284,7 @@ def train(
                 )
             if step % cfg.log_every == 0 or is_last:
                 result.train_curve.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
         if step % cfg.eval_every == 0 or is_last:
             if run_eval(step):
                 result.stopped_early = True

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import torch
 
-from pico.checkpoint import save_checkpoint
 from pico.config import load_params
 from pico.data import TokenWindows, pack_tokens, save_tokens, token_byte_lengths, unigram_loss
-from pico.io import write_json
 from pico.losses import lm_loss
 from pico.model import build_model, count_params
-from pico.stage import fingerprint, run_stage, write_curve_csv
+from pico.stage import finish_training, fingerprint, run_stage
 from pico.tinystories import read_prepared
 from pico.tokenizer import load_tokenizer
 from pico.train import evaluate_loss, is_main_process, resolve_device, train
@@ -83,16 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         "params": count_params(model),
         "train_tokens": int(len(train_tokens)),
         "val_tokens": int(len(val_tokens)),
-        # timing varies run to run; everything outside `speed` is reproducible on CPU
-        "speed": {"tokens_per_s": round(result.tokens_per_s, 1), "train_seconds": round(result.train_seconds, 2),
-                  "wall_seconds": round(time.perf_counter() - started, 2)},
     }
-    save_checkpoint(args.out, model, model_cfg=model_cfg, tokenizer_hash=tok.hash, stage="pretrain",
-                    step=result.steps_done, metrics={k: v for k, v in metrics.items() if k != "speed"})
-    write_curve_csv(Path(args.plots_dir) / "train.csv", result.train_curve, ["step", "loss", "lr", "grad_norm"])
-    write_curve_csv(Path(args.plots_dir) / "val.csv", result.val_curve, ["step", "val_loss", "val_bpb"])
-    write_json(args.metrics, metrics)
-    Path(args.resume).unlink(missing_ok=True)
+    metrics = finish_training(model=model, model_cfg=model_cfg, tokenizer_hash=tok.hash, stage="pretrain",
+                              result=result, metrics=metrics, started=started, out=args.out,
+                              metrics_path=args.metrics, plots_dir=args.plots_dir, resume=args.resume,
+                              train_columns=["step", "loss", "lr", "grad_norm"],
+                              val_columns=["step", "val_loss", "val_bpb"])
     log.info("val loss %.4f (unigram %.4f), val bpb %.4f, %.0f tok/s", metrics["val_loss"],
              metrics["unigram_val_loss"], metrics["val_bpb"], metrics["speed"]["tokens_per_s"])
     return 0

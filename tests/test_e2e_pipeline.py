@@ -27,11 +27,13 @@ def repo_copy(built, tmp_path):
 
 def test_repro_runs_every_stage_and_writes_outputs(built):
     repo, proc = built
-    assert set(ran_stages(proc)) >= {"prepare", "tokenizer", "generate", "pretrain"}
+    assert set(ran_stages(proc)) >= {"prepare", "tokenizer", "generate", "pretrain", "sft", "dpo"}
     for rel in ["data/prepared/train.txt", "data/prepared/val.txt", "data/tokenizer/tokenizer.json",
                 "data/tokens/train.bin", "data/tokens/val.bin", "checkpoints/base.pt",
                 "plots/pretrain/train.csv", "plots/pretrain/val.csv", "data/sft/train.jsonl", "data/sft/test.jsonl",
-                "data/dpo/train.jsonl", "data/dpo/valid.jsonl", "data/dataset.json", "metrics/generate.json"]:
+                "data/dpo/train.jsonl", "data/dpo/valid.jsonl", "data/dataset.json", "metrics/generate.json",
+                "checkpoints/sft.pt", "checkpoints/dpo.pt", "checkpoints/dpo_reference.pt", "metrics/sft.json",
+                "metrics/dpo.json", "plots/sft/train.csv", "plots/dpo/train.csv", "plots/dpo/val.csv"]:
         assert (repo / rel).is_file(), rel
     prepare = json.loads((repo / "metrics/prepare.json").read_text())
     assert prepare["train"]["stories"] == 400 and prepare["val"]["stories"] == 60
@@ -42,6 +44,17 @@ def test_repro_runs_every_stage_and_writes_outputs(built):
     ckpt = torch.load(repo / "checkpoints/base.pt", weights_only=True)
     assert ckpt["format"] == "pico-checkpoint" and ckpt["model"]["d_model"] == 32
     assert not (repo / "checkpoints/resume/pretrain.pt").exists()  # removed once the stage finished
+    sft = json.loads((repo / "metrics/sft.json").read_text())
+    assert sft["train_rows"]["kept"] == 24 and sft["steps"] == 6
+    dpo = json.loads((repo / "metrics/dpo.json").read_text())
+    for name in ["val_loss", "val_rewards/chosen", "val_rewards/rejected", "val_rewards/margins",
+                 "val_rewards/accuracies", "val_logps/chosen", "val_logps/rejected"]:
+        assert name in dpo
+    header = (repo / "plots/dpo/train.csv").read_text().splitlines()[0].split(",")
+    assert header[:8] == ["step", "loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                          "rewards/accuracies", "logps/chosen", "logps/rejected"]
+    sft_ckpt = torch.load(repo / "checkpoints/sft.pt", weights_only=True)
+    assert sft_ckpt["stage"] == "sft" and len(sft_ckpt["parent"]) == 64
 
 
 def test_nothing_to_do_after_repro(repo_copy):
@@ -65,6 +78,23 @@ def test_generate_param_change_does_not_rerun_pretraining(repo_copy):
     generated = json.loads((repo_copy / "metrics/generate.json").read_text())
     assert "wholesome" not in generated["dpo"]["train"]["pair_kinds"]
     assert generated["sft"]["train"]["answer_tokens"]["max"] > 0  # token stats with the project tokenizer
+
+
+def test_dpo_beta_experiment_reruns_only_dpo_and_downstream(repo_copy):
+    proc = dvc(repo_copy, "exp", "run", "-S", "dpo.beta=0.2")
+    ran = ran_stages(proc)
+    assert ran[0] == "dpo"
+    assert not {"prepare", "tokenizer", "generate", "pretrain", "sft"} & set(ran)
+    assert "reusing reference log-probs" in proc.stdout + proc.stderr
+
+
+def test_bad_dpo_params_fail_naming_the_key(repo_copy):
+    before = (repo_copy / "checkpoints/dpo.pt").read_bytes()
+    for key, value in [("beta", 0), ("label_smoothing", 0.5), ("loss_type", "hinge")]:
+        set_params(repo_copy, {"dpo": {"beta": 0.1, "label_smoothing": 0.0, "loss_type": "sigmoid", key: value}})
+        proc = dvc(repo_copy, "repro", check=False)
+        assert proc.returncode != 0 and f"dpo.{key}" in proc.stdout + proc.stderr
+    assert (repo_copy / "checkpoints/dpo.pt").read_bytes() == before
 
 
 def test_metrics_and_plots_are_readable_by_dvc(repo_copy):

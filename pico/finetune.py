@@ -1,0 +1,158 @@
+"""Batches for SFT and DPO, built from `encode_sft` rows, plus the DPO reference log-probs.
+
+Batches are length-bucketed (rows of similar length share a batch, so little compute goes to padding)
+and are a pure function of (seed, epoch, index), like pretraining windows: resume and DDP need no state.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from pico.losses import sequence_logps
+from pico.prompt import Encoded, encode_sft
+from pico.tokenizer import Tokenizer
+from pico.train import autocast_for
+
+PAD_ID = 0  # any id works: padded positions are masked out of the loss and come after the real tokens
+
+
+@dataclass
+class EncodeReport:
+    rows: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"rows": self.rows, "kept": self.kept, "truncated": self.truncated, "dropped": self.dropped}
+
+
+def encode_sft_rows(tok: Tokenizer, rows: list[dict], max_len: int, truncation: str) -> tuple[list[Encoded], EncodeReport]:
+    report = EncodeReport(rows=len(rows))
+    out = []
+    for row in rows:
+        enc = encode_sft(tok, row["prompt"], row["response"], max_len, truncation)
+        if enc is None:
+            report.dropped += 1
+            continue
+        report.truncated += enc.truncated
+        out.append(enc)
+    report.kept = len(out)
+    return out, report
+
+
+def encode_dpo_rows(tok: Tokenizer, rows: list[dict], max_len: int,
+                    truncation: str) -> tuple[list[tuple[Encoded, Encoded]], EncodeReport]:
+    """(chosen, rejected) encodings; a pair is dropped when either side cannot fit."""
+    report = EncodeReport(rows=len(rows))
+    out = []
+    for row in rows:
+        chosen = encode_sft(tok, row["prompt"], row["chosen"], max_len, truncation)
+        rejected = encode_sft(tok, row["prompt"], row["rejected"], max_len, truncation)
+        if chosen is None or rejected is None:
+            report.dropped += 1
+            continue
+        report.truncated += chosen.truncated or rejected.truncated
+        out.append((chosen, rejected))
+    report.kept = len(out)
+    return out, report
+
+
+def collate(encoded: list[Encoded]) -> dict:
+    """Right-padded (B, T) inputs and targets; loss_mask is 1 exactly where the target is a response id or EOS."""
+    T = max(len(e.ids) for e in encoded) - 1
+    B = len(encoded)
+    input_ids = torch.full((B, T), PAD_ID, dtype=torch.long)
+    targets = torch.full((B, T), PAD_ID, dtype=torch.long)
+    loss_mask = torch.zeros((B, T), dtype=torch.float32)
+    for i, e in enumerate(encoded):
+        ids = torch.tensor(e.ids, dtype=torch.long)
+        n = len(e.ids) - 1
+        input_ids[i, :n] = ids[:-1]
+        targets[i, :n] = ids[1:]
+        loss_mask[i, e.loss_start - 1 : n] = 1.0  # target t is ids[t+1]: the response starts at t = loss_start-1
+    return {"input_ids": input_ids, "targets": targets, "loss_mask": loss_mask,
+            "tokens": sum(len(e.ids) - 1 for e in encoded)}
+
+
+def sft_batch(encoded: list[Encoded]) -> dict:
+    batch = collate(encoded)
+    batch["weight"] = int(batch["loss_mask"].sum().item())
+    return batch
+
+
+def dpo_batch(pairs: list[tuple[Encoded, Encoded]], ref: torch.Tensor) -> dict:
+    """B pairs -> one (2B, T) batch: chosen rows, then rejected rows, with their reference log-probs (B, 2)."""
+    batch = collate([c for c, _ in pairs] + [r for _, r in pairs])
+    batch["ref_chosen"], batch["ref_rejected"] = ref[:, 0].clone(), ref[:, 1].clone()
+    batch["weight"] = len(pairs)
+    return batch
+
+
+@dataclass
+class BucketedBatches:
+    """Epoch-wise shuffled, length-bucketed batches of item indices; `micro(k)` is the k-th of all epochs."""
+
+    lengths: list[int]
+    batch_size: int
+    seed: int
+    make: Callable[[list[int]], dict]  # item indices -> batch
+    bucket_batches: int = 16  # sort within windows of this many batches: short-ish waits, little padding
+    _cache: dict[int, list[list[int]]] = field(default_factory=dict, repr=False)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def epoch(self, e: int) -> list[list[int]]:
+        if e not in self._cache:
+            rng = random.Random(f"{self.seed}/epoch/{e}")
+            order = list(range(len(self.lengths)))
+            rng.shuffle(order)
+            window = self.batch_size * self.bucket_batches
+            batches = []
+            for start in range(0, len(order), window):
+                chunk = sorted(order[start : start + window], key=lambda i: self.lengths[i])
+                batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+            rng.shuffle(batches)  # so batch length is not tied to the position in the epoch
+            self._cache = {e: batches}  # keep one epoch: memory stays flat over long runs
+        return self._cache[e]
+
+    def micro(self, k: int) -> dict:
+        per_epoch = self.batches_per_epoch
+        return self.make(self.epoch(k // per_epoch)[k % per_epoch])
+
+    def all_in_order(self) -> list[dict]:
+        """Every item once, bucketed but not shuffled: evaluation batches."""
+        order = sorted(range(len(self.lengths)), key=lambda i: self.lengths[i])
+        return [self.make(order[j : j + self.batch_size]) for j in range(0, len(order), self.batch_size)]
+
+
+def steps_for(n_batches: int, micro_per_step: int, epochs: float, max_steps: int) -> int:
+    """Optimizer steps: `max_steps` when set, else enough for `epochs` passes over the batches."""
+    if max_steps:
+        return max_steps
+    return max(1, math.ceil(epochs * n_batches / micro_per_step))
+
+
+@torch.no_grad()
+def reference_logps(model: nn.Module, pairs: list[tuple[Encoded, Encoded]], batch_size: int,
+                    device: torch.device) -> torch.Tensor:
+    """Summed response log-probs of every pair under the frozen reference model: (N, 2) [chosen, rejected]."""
+    model.eval().to(device)
+    out = torch.zeros(len(pairs), 2)
+    order = sorted(range(len(pairs)), key=lambda i: max(len(pairs[i][0].ids), len(pairs[i][1].ids)))
+    with autocast_for(device):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = collate([pairs[i][0] for i in idx] + [pairs[i][1] for i in idx])
+            logits = model(batch["input_ids"].to(device))
+            logps = sequence_logps(logits, batch["targets"].to(device), batch["loss_mask"].to(device)).float().cpu()
+            out[idx, 0], out[idx, 1] = logps[: len(idx)], logps[len(idx) :]
+    return out
