@@ -262,6 +262,68 @@ class GenerateConfig:
                      f"must be easy, hard or a share of hard pairs in [0, 1] (got {self.pair_difficulty})")
 
 
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Every checkpoint on held-out data, and generations for fixed test specs checked against their spec."""
+
+    checkpoints: dict[str, str] = field(default_factory=dict)  # extra {name: path}; also add the path to deps
+    splits: list[str] = field(default_factory=lambda: ["test"])  # SFT splits whose specs are generated for
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    batch_size: int = 16
+    val_batches: int = 8  # TinyStories val windows (x batch_size) for val loss and bits per byte
+    n_generations: int = 16  # specs per split (the first n rows), the same for every checkpoint
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 0
+    max_new_tokens: int = 320
+    no_repeat_ngram: int = 0
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        for name in self.checkpoints:
+            _require(_SLUG.match(name) is not None and name not in ("base", "sft", "dpo", "style_judge"),
+                     f"evaluate.checkpoints.{name}", "must be a new lowercase name (base, sft, dpo are built in)")
+        _require(bool(self.splits) and set(self.splits) <= set(SPLITS), "evaluate.splits",
+                 f"must be a non-empty list of {', '.join(SPLITS)} (got {self.splits})")
+        _require(self.batch_size > 0, "evaluate.batch_size", f"must be > 0 (got {self.batch_size})")
+        _require(self.val_batches > 0, "evaluate.val_batches", f"must be > 0 (got {self.val_batches})")
+        _require(self.n_generations >= 0, "evaluate.n_generations", f"must be >= 0 (got {self.n_generations})")
+        _require(self.temperature >= 0, "evaluate.temperature", f"must be >= 0 (got {self.temperature})")
+        _require(0 < self.top_p <= 1, "evaluate.top_p", f"must be in (0, 1] (got {self.top_p})")
+        _require(self.top_k >= 0, "evaluate.top_k", f"must be >= 0 (got {self.top_k})")
+        _require(self.max_new_tokens > 0, "evaluate.max_new_tokens", f"must be > 0 (got {self.max_new_tokens})")
+        _require(self.no_repeat_ngram >= 0, "evaluate.no_repeat_ngram", f"must be >= 0 (got {self.no_repeat_ngram})")
+
+
+PURPOSES = ("baseline_comparison", "model_comparison", "hyperparameter_tuning", "ablation_study",
+            "prompt_effectiveness", "data_quality_impact", "scaling_study", "uncategorized")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Why this run exists. Metadata only: changing it reruns just `bundle`, which records it."""
+
+    purpose: str = "uncategorized"  # one of PURPOSES or any other lowercase slug
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _require(_SLUG.match(self.purpose) is not None, "experiment.purpose",
+                 f"must be a lowercase slug such as {', '.join(PURPOSES[:3])} (got {self.purpose!r})")
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    """The poster-ready results package."""
+
+    title: str = "pico: from TinyStories to an aligned horror-story writer"
+    n_samples: int = 4  # prompts shown side by side across checkpoints
+    dpi: int = 150
+
+    def __post_init__(self) -> None:
+        _require(self.n_samples >= 0, "bundle.n_samples", f"must be >= 0 (got {self.n_samples})")
+        _require(50 <= self.dpi <= 600, "bundle.dpi", f"must be in [50, 600] (got {self.dpi})")
+
+
 SECTIONS: dict[str, type] = {
     "prepare": PrepareConfig,
     "tokenizer": TokenizerConfig,
@@ -270,6 +332,9 @@ SECTIONS: dict[str, type] = {
     "pretrain": PretrainConfig,
     "sft": SFTConfig,
     "dpo": DPOConfig,
+    "evaluate": EvaluateConfig,
+    "bundle": BundleConfig,
+    "experiment": ExperimentConfig,
 }
 
 
@@ -284,6 +349,9 @@ class Params:
     pretrain: PretrainConfig
     sft: SFTConfig
     dpo: DPOConfig
+    evaluate: EvaluateConfig
+    bundle: BundleConfig
+    experiment: ExperimentConfig
 
     def to_dict(self) -> dict[str, Any]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}

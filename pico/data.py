@@ -48,7 +48,7 @@ def load_tokens(path: str | Path, min_len: int = 2) -> np.ndarray:
     return tokens
 
 
-def _seed_for(*parts: int) -> int:
+def stable_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from integers, stable across runs and platforms."""
     digest = hashlib.blake2b(",".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
@@ -80,7 +80,7 @@ class TokenWindows:
         return batch
 
     def train_batch(self, step: int, micro: int) -> dict:
-        g = torch.Generator().manual_seed(_seed_for(self.seed, step, micro))
+        g = torch.Generator().manual_seed(stable_seed(self.seed, step, micro))
         starts = torch.randint(0, len(self.tokens) - self.seq_len, (self.batch_size,), generator=g)
         return self._batch(starts)
 

@@ -142,9 +142,12 @@ def steps_for(n_batches: int, micro_per_step: int, epochs: float, max_steps: int
 
 
 @torch.no_grad()
-def reference_logps(model: nn.Module, pairs: list[tuple[Encoded, Encoded]], batch_size: int,
+def pair_logps(model: nn.Module, pairs: list[tuple[Encoded, Encoded]], batch_size: int,
                     device: torch.device) -> torch.Tensor:
-    """Summed response log-probs of every pair under the frozen reference model: (N, 2) [chosen, rejected]."""
+    """Summed response log-probs of every pair under `model`: (N, 2) [chosen, rejected].
+
+    DPO calls it once with the frozen SFT model (the reference); evaluation calls it for every checkpoint.
+    """
     model.eval().to(device)
     out = torch.zeros(len(pairs), 2)
     order = sorted(range(len(pairs)), key=lambda i: max(len(pairs[i][0].ids), len(pairs[i][1].ids)))

@@ -15,7 +15,7 @@ import torch
 from pico.checkpoint import load_checkpoint, read_payload_file, to_bytes
 from pico.config import load_params
 from pico.errors import CheckpointError, DataError, ParamsError
-from pico.finetune import BucketedBatches, dpo_batch, encode_dpo_rows, reference_logps, steps_for
+from pico.finetune import BucketedBatches, dpo_batch, encode_dpo_rows, pair_logps, steps_for
 from pico.io import read_jsonl, write_bytes
 from pico.losses import dpo_batch_loss
 from pico.stage import file_digest, fingerprint, finish_training, run_stage
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                          cfg.max_len, cfg.truncation)
     ref = load_reference(args.reference_out, ref_id)
     if ref is None:
-        ref = {"train": reference_logps(sft.model, train_pairs, cfg.batch_size, device),
-               "valid": reference_logps(sft.model, valid_pairs, cfg.batch_size, device)}
+        ref = {"train": pair_logps(sft.model, train_pairs, cfg.batch_size, device),
+               "valid": pair_logps(sft.model, valid_pairs, cfg.batch_size, device)}
         if is_main_process():
             write_bytes(args.reference_out, to_bytes({"fingerprint": ref_id, **ref}))
     else:

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import hashlib
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 
 from pico.config import load_params
 from pico.data import TokenWindows, pack_tokens, save_tokens, token_byte_lengths, unigram_loss
+from pico.evaluate import lm_metrics
 from pico.losses import lm_loss
 from pico.model import build_model, count_params
 from pico.stage import finish_training, fingerprint, run_stage
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     val_batches = val_windows.eval_batches(cfg.eval_batches)
 
     def evaluate(model):
-        m = evaluate_loss(model, val_batches, lm_loss, device)
-        return {"val_loss": m["val_loss"], "val_bpb": m["val_nll_text"] / m["val_bytes"] / math.log(2)}
+        return lm_metrics(model, val_batches, device)
 
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg, tok.vocab_size)

@@ -48,4 +48,21 @@ def tok(sample_stories):
 def tiny_model_cfg():
     from pico.config import ModelConfig
 
-    return ModelConfig(type="transformer", d_model=32, n_layer=2, n_head=2, max_seq_len=64)
+    return ModelConfig(type="transformer", d_model=32, n_layer=2, n_head=2, max_seq_len=512)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, tok, tiny_model_cfg):
+    """A tokenizer file and a matching (untrained) tiny GPT checkpoint on disk."""
+    import torch
+
+    from pico.checkpoint import save_checkpoint
+    from pico.model import build_model
+
+    tok_path = tmp_path / "tokenizer.json"
+    tok.save(tok_path)
+    torch.manual_seed(0)
+    model = build_model(tiny_model_cfg, tok.vocab_size)
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(ckpt, model, model_cfg=tiny_model_cfg, tokenizer_hash=tok.hash, stage="test", step=0)
+    return ckpt, tok_path

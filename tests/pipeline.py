@@ -26,7 +26,14 @@ TINY_PARAMS = {
             "device": "cpu"},
     "dpo": {"max_len": 640, "max_steps": 6, "batch_size": 2, "eval_every": 3, "save_every": 3, "warmup_steps": 1,
             "device": "cpu"},
+    "evaluate": {"n_generations": 16, "max_new_tokens": 40, "val_batches": 2, "batch_size": 8, "device": "cpu"},
+    "bundle": {"dpi": 60},
 }
+
+
+SOURCE_DIRS = ("pico/", "stages/", "tests/", "benchmarks/", ".ci/", "scripts/")
+SOURCE_FILES = {".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore", "dvc.yaml", "params.yaml",
+                "pyproject.toml", "requirements.txt", "Makefile", "README.md"}
 
 
 def deep_update(base: dict, new: dict) -> dict:
@@ -70,7 +77,8 @@ def make_repo(dest: Path, params: dict | None = None) -> Path:
                            text=True, check=True).stdout.split()
     for rel in files:
         src = REPO / rel
-        if not src.is_file() or rel.startswith(("metrics/", "plots/", "results/", "eval/")) or rel == "dvc.lock":
+        # the project's source and config only: never this workspace's outputs (data, checkpoints, results)
+        if not src.is_file() or not (rel.startswith(SOURCE_DIRS) or rel in SOURCE_FILES):
             continue
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)

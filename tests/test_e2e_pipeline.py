@@ -27,7 +27,7 @@ def repo_copy(built, tmp_path):
 
 def test_repro_runs_every_stage_and_writes_outputs(built):
     repo, proc = built
-    assert set(ran_stages(proc)) >= {"prepare", "tokenizer", "generate", "pretrain", "sft", "dpo"}
+    assert set(ran_stages(proc)) == {"prepare", "tokenizer", "generate", "pretrain", "sft", "dpo", "evaluate", "bundle"}
     for rel in ["data/prepared/train.txt", "data/prepared/val.txt", "data/tokenizer/tokenizer.json",
                 "data/tokens/train.bin", "data/tokens/val.bin", "checkpoints/base.pt",
                 "plots/pretrain/train.csv", "plots/pretrain/val.csv", "data/sft/train.jsonl", "data/sft/test.jsonl",
@@ -55,6 +55,67 @@ def test_repro_runs_every_stage_and_writes_outputs(built):
                           "rewards/accuracies", "logps/chosen", "logps/rejected"]
     sft_ckpt = torch.load(repo / "checkpoints/sft.pt", weights_only=True)
     assert sft_ckpt["stage"] == "sft" and len(sft_ckpt["parent"]) == 64
+
+
+def test_evaluate_scores_every_checkpoint(built):
+    repo, _ = built
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert set(metrics) == {"base", "sft", "dpo", "style_judge"}
+    for name in ("base", "sft", "dpo"):
+        for key in ("sft_test_loss", "dpo_test_pref_acc", "dpo_test_reward_margin", "val_loss", "val_bpb",
+                    "pass_all", "pass_taboo_present", "style_score", "repeated_4gram_rate", "distinct_3"):
+            assert key in metrics[name], (name, key)
+    assert metrics["sft"]["dpo_test_reward_margin"] == 0.0  # the reference against itself
+    records = [json.loads(x) for x in (repo / "eval/generations_test.jsonl").read_text().splitlines()]
+    assert len(records) == 3 * 8  # n_generations capped by the 8 test rows, for each checkpoint
+    for r in records:
+        assert {"prompt", "response", "checkpoint", "temperature", "top_p", "max_new_tokens", "checks"} <= set(r)
+        assert "<|endoftext|>" not in r["response"]
+    prompts = {(r["index"], r["prompt"]) for r in records}
+    assert len(prompts) == 8  # the same prompts for every checkpoint
+    summary = json.loads((repo / "eval/summary_test.json").read_text())
+    assert set(summary) == {"base", "sft", "dpo"} and "most_frequent_failures" in summary["dpo"]
+    header = (repo / "plots/evaluate/checkpoints.csv").read_text().splitlines()[0]
+    assert header.startswith("checkpoint,sft_test_loss")
+
+
+def test_bundle_is_complete_and_renders_offline(built, tmp_path):
+    from browser import dump_dom, images_ok, screenshot
+
+    repo, _ = built
+    results = repo / "results"
+    for rel in ["README.md", "report.html", "figures/summary.png", "figures/checkpoint_bars.png",
+                "figures/training_curves.png", "figures/check_pass_rates.png", "tables/checkpoint_metrics.csv",
+                "tables/checkpoint_metrics.md", "samples/generations.md", "run_snapshot/params.yaml",
+                "run_snapshot/dvc.lock", "run_snapshot/experiment_config.yaml", "run_snapshot/metrics/evaluate.json",
+                "run_snapshot/dataset.json"]:
+        assert (results / rel).is_file(), rel
+    readme = (results / "README.md").read_text()
+    assert "```mermaid" in readme and "pretrain --> sft" in readme and "sft --> dpo" in readme
+    import yaml
+
+    config = yaml.safe_load((results / "run_snapshot/experiment_config.yaml").read_text())
+    assert {"timestamp", "experiment", "git", "command", "model", "data", "hyperparameters", "libraries",
+            "device", "environment"} <= set(config)
+    assert config["experiment"]["purpose"] == "baseline_comparison"
+    assert config["libraries"]["torch"].startswith("2.")
+    samples = (results / "samples/generations.md").read_text()
+    assert samples.count("### base") == samples.count("### dpo") >= 1
+    ok, total = images_ok(dump_dom(results / "report.html"))
+    assert total == 4 and ok == total
+    png = screenshot(results / "report.html", tmp_path / "shot.png")
+    from PIL import Image
+
+    pixels = Image.open(png).convert("L").getextrema()
+    assert pixels[0] < 100 < pixels[1]  # not a blank page
+
+
+def test_pico_compare_inside_the_repo(built):
+    from pipeline import run, BIN
+
+    repo, _ = built
+    out = run(repo, str(BIN / "pico"), "compare", "base", "dpo").stdout
+    assert "sft_test_loss" in out and "Average improvement" in out
 
 
 def test_nothing_to_do_after_repro(repo_copy):

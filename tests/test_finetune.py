@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pico.config import ModelConfig, TrainConfig
-from pico.finetune import BucketedBatches, collate, dpo_batch, encode_dpo_rows, encode_sft_rows, reference_logps, sft_batch
+from pico.finetune import BucketedBatches, collate, dpo_batch, encode_dpo_rows, encode_sft_rows, pair_logps, sft_batch
 from pico.losses import dpo_batch_loss, lm_loss
 from pico.model import build_model
 from pico.prompt import encode_sft
@@ -99,7 +99,7 @@ def tiny_model(tok, seed=0):
 def test_policy_equal_to_reference_gives_log2_and_zero_rewards(tok):
     pairs = tiny_pairs(tok)
     model = tiny_model(tok)
-    ref = reference_logps(model, pairs, 3, torch.device("cpu"))
+    ref = pair_logps(model, pairs, 3, torch.device("cpu"))
     batch = dpo_batch(pairs, ref)
     loss_sum, stats = dpo_batch_loss(model.eval(), batch, beta=0.1)
     assert loss_sum.item() / len(pairs) == pytest.approx(math.log(2), abs=1e-5)
@@ -109,7 +109,7 @@ def test_policy_equal_to_reference_gives_log2_and_zero_rewards(tok):
 def test_reference_logps_match_a_direct_computation(tok):
     pairs = tiny_pairs(tok)
     model = tiny_model(tok).eval()
-    ref = reference_logps(model, pairs, 3, torch.device("cpu"))
+    ref = pair_logps(model, pairs, 3, torch.device("cpu"))
     chosen = pairs[2][0]
     logits = model(torch.tensor([chosen.ids[:-1]]))
     logp = torch.log_softmax(logits, -1)[0, torch.arange(len(chosen.ids) - 1), torch.tensor(chosen.ids[1:])]
@@ -119,7 +119,7 @@ def test_reference_logps_match_a_direct_computation(tok):
 def test_a_few_dpo_steps_raise_reward_accuracy(tok):
     pairs = tiny_pairs(tok)
     model = tiny_model(tok)
-    ref = reference_logps(model, pairs, 4, torch.device("cpu"))
+    ref = pair_logps(model, pairs, 4, torch.device("cpu"))
     batches = BucketedBatches([len(c.ids) for c, _ in pairs], 4, 0, lambda idx: dpo_batch([pairs[i] for i in idx], ref[idx]))
     loss_fn = functools.partial(dpo_batch_loss, beta=0.5)
     all_pairs = batches.all_in_order()

@@ -1,0 +1,327 @@
+"""The results bundle: figures, tables, samples, a run snapshot and a self-contained HTML report.
+
+Pure functions from already-loaded metrics/curves to files' contents; `stages/bundle.py` reads and writes.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import platform
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pico.checks import CHECKS  # noqa: E402
+from pico.compare import direction  # noqa: E402
+
+KEY_METRICS = ["sft_test_loss", "dpo_test_pref_acc", "dpo_test_reward_margin", "val_loss", "val_bpb", "pass_mean",
+               "pass_all", "style_score", "repeated_4gram_rate"]
+# environment variables a snapshot may record; anything that looks like a secret is dropped even if listed
+ENV_ALLOW = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED", "WORLD_SIZE", "RANK",
+             "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_ID", "SLURM_NNODES", "DVC_EXP_NAME",
+             "DVC_EXP_BASELINE_REV", "DVC_ROOT", "CI", "PICO_TINYSTORIES")
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+# ----------------------------------------------------------------------------------------------- pipeline
+def _paths(entries) -> list[str]:
+    out = []
+    for e in entries or []:
+        out += list(e) if isinstance(e, dict) else [e]
+    return out
+
+
+def mermaid_dag(dvc_yaml: dict) -> str:
+    """A mermaid flowchart of the stages: an edge where a stage depends on (a path under) another's output."""
+    stages = dvc_yaml.get("stages", {})
+    outs = {name: _paths(s.get("outs")) + _paths(s.get("metrics")) + _paths(s.get("plots")) for name, s in stages.items()}
+    lines = ["flowchart LR"]
+    lines += [f"  {name}([{name}])" for name in stages]
+    for name, stage in stages.items():
+        for producer, produced in outs.items():
+            if producer == name:
+                continue
+            if any(dep == o or dep.startswith(o.rstrip("/") + "/") or o.startswith(dep.rstrip("/") + "/")
+                   for dep in _paths(stage.get("deps")) for o in produced):
+                lines.append(f"  {producer} --> {name}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+# ----------------------------------------------------------------------------------------------- tables
+def checkpoint_table(evaluate: dict) -> pd.DataFrame:
+    """Rows: checkpoints; columns: every numeric metric evaluate wrote for them."""
+    rows = {name: m for name, m in evaluate.items() if name != "style_judge" and isinstance(m, dict)}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def markdown_table(df: pd.DataFrame, columns: list[str] | None = None, index_name: str = "checkpoint") -> str:
+    cols = [c for c in (columns or list(df.columns)) if c in df.columns]
+    head = f"| {index_name} | " + " | ".join(cols) + " |"
+    sep = "|---|" + "---:|" * len(cols)
+    body = [f"| {idx} | " + " | ".join(_cell(df.loc[idx, c]) for c in cols) + " |" for idx in df.index]
+    return "\n".join([head, sep, *body])
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def stats_table(generate_metrics: dict) -> pd.DataFrame:
+    """Dataset quick stats: one row per dataset/split, the p50 and max of each measure."""
+    rows = {}
+    for dataset in ("sft", "dpo"):
+        for split, s in generate_metrics.get(dataset, {}).items():
+            row = {"n_rows": s["n_rows"]}
+            for measure in ("prompt_chars", "answer_chars", "prompt_tokens", "answer_tokens"):
+                if measure in s:
+                    row[f"{measure} p50"] = s[measure]["p50"]
+                    row[f"{measure} max"] = s[measure]["max"]
+            rows[f"{dataset}/{split}"] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+# ----------------------------------------------------------------------------------------------- figures
+def _save(fig, path: Path, dpi: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+
+
+def _bar(ax, table: pd.DataFrame, metric: str) -> None:
+    values = table[metric].astype(float)
+    colors = ["#7a7a7a", "#4c72b0", "#c44e52", "#55a868", "#8172b2", "#937860"][: len(values)]
+    ax.bar(values.index.astype(str), values.values, color=colors)
+    arrow = {1: "higher is better", -1: "lower is better", 0: ""}[direction(metric)]
+    ax.set_title(f"{metric}\n({arrow})" if arrow else metric, fontsize=9)
+    ax.tick_params(labelsize=8)
+    if metric.startswith(("pass_", "dpo_test_pref_acc", "style_score")):
+        ax.set_ylim(0, 1.08)  # rates: the whole [0, 1] scale, so an all-zero row still reads right
+    elif (values >= 0).all():
+        ax.set_ylim(bottom=0)
+    for i, v in enumerate(values.values):
+        ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=7)
+
+
+def fig_checkpoint_bars(table: pd.DataFrame, path: Path, dpi: int) -> None:
+    metrics = [m for m in KEY_METRICS if m in table.columns][:9]
+    n_cols = 3
+    n_rows = max(1, -(-len(metrics) // n_cols))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(11, 3.2 * n_rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        _bar(ax, table, metric)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.suptitle("What each training step did: metrics per checkpoint", fontsize=12)
+    fig.tight_layout()
+    _save(fig, path, dpi)
+
+
+def fig_check_pass_rates(table: pd.DataFrame, path: Path, dpi: int) -> None:
+    cols = [f"pass_{c}" for c in CHECKS if f"pass_{c}" in table.columns] + (["pass_all"] if "pass_all" in table else [])
+    fig, ax = plt.subplots(figsize=(11, 3.8))
+    if cols:
+        width = 0.8 / max(len(table.index), 1)
+        for i, name in enumerate(table.index):
+            xs = [j + i * width for j in range(len(cols))]
+            ax.bar(xs, table.loc[name, cols].astype(float).values, width=width, label=str(name))
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))])
+        ax.set_xticklabels([c.removeprefix("pass_") for c in cols], rotation=20, fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=8)
+    ax.set_title("Generations passing each constraint check (test specs)")
+    _save(fig, path, dpi)
+
+
+def _curve(ax, df: pd.DataFrame | None, y: str, label: str, **kw) -> None:
+    if df is not None and y in df.columns and len(df):
+        ax.plot(df["step"], df[y], label=label, **kw)
+
+
+def fig_training_curves(curves: dict[str, dict[str, pd.DataFrame | None]], path: Path, dpi: int) -> None:
+    """Pretrain, SFT and DPO loss, DPO rewards (chosen/rejected/margins) and reward accuracy."""
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    for ax, stage in zip(axes[:3], ("pretrain", "sft", "dpo")):
+        train, val = curves.get(stage, {}).get("train"), curves.get(stage, {}).get("val")
+        _curve(ax, train, "loss", "train", alpha=0.6, linewidth=0.9)
+        _curve(ax, val, "val_loss", "val", marker="o", markersize=3)
+        ax.set_title(f"{stage} loss", fontsize=10)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    ax = axes[3]
+    train = curves.get("dpo", {}).get("train")
+    for name in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        _curve(ax, train, name, name.split("/")[1], linewidth=1)
+    ax.set_title("DPO rewards (train)", fontsize=10)
+    ax.set_xlabel("step")
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path, dpi)
+
+
+def fig_summary(title: str, table: pd.DataFrame, curves: dict, facts: list[str], path: Path, dpi: int) -> None:
+    """One page for a poster: facts, the three training curves, and the checkpoint comparison."""
+    fig = plt.figure(figsize=(11.7, 8.3))  # A4 landscape
+    grid = fig.add_gridspec(3, 3, height_ratios=[0.5, 1, 1])
+    head = fig.add_subplot(grid[0, :])
+    head.axis("off")
+    head.text(0, 0.95, title, fontsize=14, weight="bold", va="top")
+    head.text(0, 0.55, "\n".join(facts), fontsize=8.5, va="top", family="monospace")
+    for i, stage in enumerate(("pretrain", "sft", "dpo")):
+        ax = fig.add_subplot(grid[1, i])
+        _curve(ax, curves.get(stage, {}).get("train"), "loss", "train", alpha=0.6, linewidth=0.8)
+        _curve(ax, curves.get(stage, {}).get("val"), "val_loss", "val", marker="o", markersize=2.5)
+        ax.set_title(f"{stage} loss", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    for i, metric in enumerate([m for m in ("sft_test_loss", "dpo_test_pref_acc", "pass_mean") if m in table.columns]):
+        _bar(fig.add_subplot(grid[2, i]), table, metric)
+    fig.tight_layout()
+    _save(fig, path, dpi)
+
+
+# ----------------------------------------------------------------------------------------------- samples
+def samples_markdown(records: list[dict], n: int) -> str:
+    """The same prompts, side by side across checkpoints."""
+    by_index: dict[int, list[dict]] = {}
+    for r in records:
+        by_index.setdefault(r["index"], []).append(r)
+    parts = ["# Sample generations", "",
+             "The same test specs for every checkpoint, sampled with the same seed. "
+             "Failed checks are listed under each story.", ""]
+    for index in sorted(by_index)[:n]:
+        rows = by_index[index]
+        spec = rows[0]["spec"]
+        first = rows[0]
+        parts += [f"## Spec {index + 1}: {spec['title']}", "",
+                  *[f"- **{k}**: {v}" for k, v in spec.items() if k != "title"], "",
+                  f"_temperature {first['temperature']}, top-p {first['top_p']}, max {first['max_new_tokens']} new "
+                  f"tokens, seed {first['seed']}_", ""]
+        for r in rows:
+            failed = ", ".join(r["failed"]) if r["failed"] else "none (passes every check)"
+            story = r["response"].strip() or "(empty)"
+            parts += [f"### {r['checkpoint']}", "", *["> " + line if line else ">" for line in story.split("\n")], "",
+                      f"Failed checks: {failed}. Style score {r['style_score']:.2f}.", ""]
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------- snapshot
+def safe_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if env is None else env)
+    return {k: env[k] for k in ENV_ALLOW if k in env and not SECRET_NAME.search(k)}
+
+
+def secret_values(env: dict[str, str] | None = None) -> list[str]:
+    """Values of environment variables whose names look secret (long enough to search for)."""
+    env = dict(os.environ if env is None else env)
+    return [v for k, v in env.items() if SECRET_NAME.search(k) and len(v) >= 8]
+
+
+def find_secrets(paths: list[Path], secrets: list[str]) -> list[str]:
+    """Files under `paths` that contain any of `secrets` (the bundle must never hold one)."""
+    hits = []
+    needles = [s.encode() for s in secrets]
+    for root in paths:
+        for path in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
+            data = path.read_bytes()
+            if any(n in data for n in needles):
+                hits.append(str(path))
+    return hits
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "dvc", "tiktoken", "rustbpe", "numpy", "pandas", "matplotlib", "scikit-learn",
+                 "jsonlines", "pyyaml", "pico"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def device_info() -> dict:
+    import torch
+
+    info = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "cuda_available": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+        info["cuda_version"] = torch.version.cuda
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    return info
+
+
+# ----------------------------------------------------------------------------------------------- report
+def image_data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def html_table(df: pd.DataFrame, columns: list[str] | None = None, index_name: str = "checkpoint") -> str:
+    cols = [c for c in (columns or list(df.columns)) if c in df.columns]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [index_name, *cols])
+    rows = "".join("<tr><th>" + html.escape(str(i)) + "</th>" + "".join(
+        f"<td>{html.escape(_cell(df.loc[i, c]))}</td>" for c in cols) + "</tr>" for i in df.index)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def report_html(title: str, intro: list[str], sections: list[tuple[str, str]], figures: list[tuple[str, Path]]) -> str:
+    """A single HTML file with every figure inlined: opens in a browser with no network."""
+    figs = "".join(f'<figure><img alt="{html.escape(cap)}" src="{image_data_uri(p)}"><figcaption>'
+                   f"{html.escape(cap)}</figcaption></figure>" for cap, p in figures)
+    body = "".join(f"<section><h2>{html.escape(h)}</h2>{content}</section>" for h, content in sections)
+    facts = "".join(f"<li>{html.escape(x)}</li>" for x in intro)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; font-size: 13px; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
+thead th {{ background: #f2f2f2; }}
+figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}
+pre {{ white-space: pre-wrap; background: #f7f7f7; padding: 8px; font-size: 13px; }}
+.fail {{ color: #b00; }} .pass {{ color: #070; }}
+</style></head>
+<body><h1 id="title">{html.escape(title)}</h1><ul>{facts}</ul>{figs}{body}
+<script>
+// lets a headless browser confirm that every inlined figure decoded
+window.addEventListener("load", () => {{
+  const imgs = Array.from(document.images);
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.documentElement.setAttribute("data-images-ok", ok + "/" + imgs.length);
+}});
+</script></body></html>
+"""
+
+
+def samples_html(records: list[dict], n: int) -> str:
+    by_index: dict[int, list[dict]] = {}
+    for r in records:
+        by_index.setdefault(r["index"], []).append(r)
+    out = []
+    for index in sorted(by_index)[:n]:
+        rows = by_index[index]
+        spec = rows[0]["spec"]
+        out.append(f"<h3>{html.escape(spec['title'])}</h3><p>" + "; ".join(
+            f"<b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in spec.items() if k != "title") + "</p>")
+        for r in rows:
+            verdict = (f'<span class="fail">failed: {html.escape(", ".join(r["failed"]))}</span>' if r["failed"]
+                       else '<span class="pass">passes every check</span>')
+            out.append(f"<h4>{html.escape(r['checkpoint'])} — {verdict}</h4><pre>{html.escape(r['response'])}</pre>")
+    return "".join(out)

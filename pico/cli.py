@@ -1,0 +1,240 @@
+"""The `pico` command for people: play with a checkpoint, compare checkpoints or runs, list runs.
+
+DVC runs the pipeline; these commands read what it produced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pico.errors import PicoError
+
+
+# ----------------------------------------------------------------------------------------------- play
+def add_play(sub) -> None:
+    p = sub.add_parser("play", help="generate stories from a checkpoint",
+                       description="Generate horror stories from a checkpoint. Give a prompt, a prompt file, or "
+                                   "spec fields as flags (missing fields are drawn at random with --seed).")
+    p.add_argument("--checkpoint", default="checkpoints/dpo.pt")
+    p.add_argument("--tokenizer", default="data/tokenizer/tokenizer.json")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help="a full prompt (the spec fields are then ignored)")
+    src.add_argument("--prompt-file", help="a text file holding one prompt, or a .jsonl file of {\"prompt\": ...} rows")
+    for field, flag in [("title", "--title"), ("setting", "--setting"), ("protagonist", "--protagonist"),
+                        ("supporting", "--supporting"), ("object", "--object"), ("taboo", "--taboo"),
+                        ("twist", "--twist")]:
+        p.add_argument(flag, dest=field, help=f"spec field: {field}")
+    p.add_argument("--mode", choices=["oneshot", "interactive"], default="oneshot")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=320)
+    p.add_argument("--no-repeat-ngram", type=int, default=0, help="forbid repeating any n-gram of this size")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--batch-size", type=int, default=16, help="prompts decoded together (with --prompt-file)")
+    p.add_argument("--truncate", action="store_true", help="cut an over-long prompt from the left instead of failing")
+    p.add_argument("--show-prompt", action="store_true", help="print the prompt before the story")
+    p.set_defaults(func=cmd_play)
+
+
+def _spec_from_args(args, seed: int):
+    from pico.spec import FIELDS, Spec, sample_specs
+
+    drawn = sample_specs(1, seed)[0]
+    return Spec(**{f: getattr(args, f) or getattr(drawn, f) for f in FIELDS})
+
+
+def _fit_prompt(ids: list[int], context: int, max_new: int, truncate: bool, label: str) -> list[int]:
+    room = context - 1  # at least one token must be left for the story
+    if len(ids) <= room:
+        return ids
+    if not truncate:
+        raise PicoError(f"{label} is {len(ids)} tokens but the model's context is {context} tokens; shorten it "
+                        f"or pass --truncate to keep its last {max(room - max_new, 1) if max_new < room else room} tokens")
+    keep = max(room - max_new, 1) if max_new < room else room
+    return ids[len(ids) - keep:]
+
+
+def cmd_play(args) -> int:
+    import torch
+
+    from pico.checkpoint import load_checkpoint
+    from pico.prompt import build_prompt, encode_prompt
+    from pico.sampling import SamplingConfig, generate
+    from pico.tokenizer import load_tokenizer
+    from pico.train import resolve_device
+
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.max_new_tokens <= 0:
+        raise PicoError("bad sampling flags: need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, "
+                        "--max-new-tokens > 0")
+    device = resolve_device(args.device)
+    tok = load_tokenizer(args.tokenizer)
+    ckpt = load_checkpoint(args.checkpoint, tokenizer_hash=tok.hash, device=device)
+    context = ckpt.model_cfg.max_seq_len
+    cfg = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                         max_new_tokens=args.max_new_tokens, no_repeat_ngram=args.no_repeat_ngram, seed=args.seed)
+
+    def run(prompts: list[str]) -> list[str]:
+        ids = [_fit_prompt(encode_prompt(tok, p), context, args.max_new_tokens, args.truncate,
+                           f"prompt {i + 1}" if len(prompts) > 1 else "the prompt") for i, p in enumerate(prompts)]
+        with torch.no_grad():
+            out = generate(ckpt.model, ids, cfg, tok.eot_id, batch_size=args.batch_size, device=device)
+        return [tok.decode(o) for o in out]
+
+    if args.mode == "interactive":
+        return _interactive(args, run)
+    if args.prompt_file and args.prompt_file.endswith(".jsonl"):
+        from pico.io import read_jsonl
+
+        rows = read_jsonl(args.prompt_file, required=("prompt",))
+        for row, story in zip(rows, run([r["prompt"] for r in rows])):
+            print(json.dumps({"prompt": row["prompt"], "response": story}, ensure_ascii=False))
+        return 0
+    if args.prompt_file:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise PicoError(f"{path}: prompt file not found")
+        prompt = path.read_text(encoding="utf-8")
+    elif args.prompt:
+        prompt = args.prompt
+    else:
+        prompt = build_prompt(_spec_from_args(args, args.seed))
+    if args.show_prompt:
+        print(prompt)
+    print(run([prompt])[0])
+    return 0
+
+
+def _interactive(args, run) -> int:
+    from pico.prompt import LABELS, build_prompt
+    from pico.spec import Spec, sample_specs
+
+    print("pico play: answer each field (Enter keeps the suggestion), Ctrl-D or 'q' to quit.", file=sys.stderr)
+    seed = args.seed
+    while True:
+        suggestion = sample_specs(1, seed)[0]
+        values = {}
+        try:
+            for key, label in LABELS.items():
+                given = getattr(args, key) or getattr(suggestion, key)
+                answer = input(f"{label} [{given}]: ").strip()
+                if answer.lower() in ("q", "quit", "exit"):
+                    return 0
+                values[key] = answer or given
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        print()
+        print(run([build_prompt(Spec(**values))])[0])
+        print()
+        seed += 1
+
+
+# ----------------------------------------------------------------------------------------------- compare
+def add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="compare two checkpoints or two revisions/experiments",
+                       description="`pico compare base dpo` compares two checkpoints of this workspace (from "
+                                   "metrics/evaluate.json); `pico compare --rev A --rev B` compares two git revisions "
+                                   "or DVC experiments, read through DVC.")
+    p.add_argument("checkpoints", nargs="*", help="two checkpoint names (base, sft, dpo, ...), or one with --rev")
+    p.add_argument("--rev", action="append", default=[], help="a git revision or DVC experiment (give two)")
+    p.add_argument("--metrics-file", default="metrics/evaluate.json")
+    p.add_argument("--all-metrics", action="store_true", help="with --rev: every metrics file, not just evaluate")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args) -> int:
+    from pico.compare import compare_metrics, flatten, to_json, to_markdown
+
+    if args.rev:
+        if len(args.rev) != 2:
+            raise PicoError("give exactly two --rev (e.g. --rev main --rev exp-1a2b3)")
+        a_rev, b_rev = args.rev
+        a, b = _metrics_at(a_rev), _metrics_at(b_rev)
+        names = args.checkpoints or None
+        sections = {}
+        evaluate_key = args.metrics_file
+        ea, eb = a.get(evaluate_key, {}), b.get(evaluate_key, {})
+        for ckpt in (names or [k for k in ea if k in eb]):
+            if ckpt not in ea or ckpt not in eb:
+                raise PicoError(f"checkpoint {ckpt!r} is not in {evaluate_key} of both revisions")
+            sections[f"{ckpt}"] = compare_metrics(flatten(ea[ckpt]), flatten(eb[ckpt]))
+        if args.all_metrics or not sections:
+            for path in sorted(set(a) | set(b)):
+                if path == evaluate_key and sections:
+                    continue
+                sections[path] = compare_metrics(flatten(a.get(path, {})), flatten(b.get(path, {})))
+        labels = (a_rev, b_rev)
+    else:
+        if len(args.checkpoints) != 2:
+            raise PicoError("give two checkpoint names (e.g. `pico compare base dpo`) or two --rev")
+        from pico.io import read_json
+
+        metrics = read_json(args.metrics_file)
+        for name in args.checkpoints:
+            if name not in metrics:
+                raise PicoError(f"no checkpoint {name!r} in {args.metrics_file} (has: {', '.join(metrics)}); "
+                                f"run `dvc repro evaluate`")
+        a_name, b_name = args.checkpoints
+        sections = {f"{a_name} -> {b_name}": compare_metrics(flatten(metrics[a_name]), flatten(metrics[b_name]))}
+        labels = (a_name, b_name)
+    if args.json:
+        print(json.dumps(to_json(sections, *labels), indent=2))
+    else:
+        print(to_markdown(sections, *labels))
+    return 0
+
+
+def _metrics_at(rev: str) -> dict[str, dict]:
+    """{metrics file: metrics} at a git revision or DVC experiment, through DVC's API."""
+    import dvc.api
+    from dvc.exceptions import DvcException
+
+    try:
+        return dvc.api.metrics_show(rev=_resolve_rev(rev))
+    except DvcException as e:
+        raise PicoError(f"cannot read metrics at {rev!r}: {e}") from None
+
+
+def _resolve_rev(rev: str) -> str:
+    """A DVC experiment name becomes the commit of its ref; anything else is passed through to git."""
+    import subprocess
+
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"],
+                          capture_output=True, text=True).stdout.split("\n")
+    for line in refs:
+        if line and line.split()[0].rsplit("/", 1)[-1] == rev:
+            return line.split()[1]
+    return rev
+
+
+# ----------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pico", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_play(sub)
+    add_compare(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PicoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `pico ... | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

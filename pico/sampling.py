@@ -1,0 +1,130 @@
+"""Sampling: temperature, top-k, top-p, a no-repeat-n-gram guard, stop at EOS, KV-cached batched decoding.
+
+Each prompt has its own random stream (seed, index), so its sample does not depend on which other prompts
+share its batch: the same prompts and seed give the same stories in `evaluate`, `pico play` and tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from pico.data import stable_seed
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 0.95  # 1.0 = off
+    max_new_tokens: int = 320
+    no_repeat_ngram: int = 0  # forbid repeating any n-gram of this size; 0 = off
+    seed: int = 1337
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus (smallest set with mass >= top_p) to -inf. logits: (B, V)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
+        drop_sorted = mass_before >= top_p  # the first token is always kept (mass_before = 0)
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def banned_by_ngram(seq: list[int], n: int) -> set[int]:
+    """Tokens that would repeat an n-gram already in `seq`."""
+    if n <= 0 or len(seq) < n:
+        return set()
+    prefix = tuple(seq[len(seq) - n + 1 :])
+    return {seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i : i + n - 1]) == prefix}
+
+
+def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row from (B, V) logits; row i draws from generators[i]."""
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p), dim=-1).cpu()
+    picks = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]
+    return torch.cat(picks).to(logits.device)
+
+
+@torch.no_grad()
+def generate(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig, eos_id: int, *,
+             batch_size: int = 16, use_cache: bool = True, device: torch.device | str = "cpu") -> list[list[int]]:
+    """Continue each prompt; return the new ids of each (EOS excluded, generation stops there).
+
+    Transformers decode left-padded batches with a KV cache; the LSTM and k-gram models batch prompts of
+    equal length. Generation also stops when the context is full.
+    """
+    model.eval().to(device)
+    context = model.cfg.max_seq_len
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i} is empty")
+        if len(p) >= context:
+            raise ValueError(f"prompt {i} has {len(p)} tokens; the model's context is {context}")
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    groups: list[list[int]] = []
+    for i in order:  # equal-length groups for models that cannot take padding
+        if groups and len(groups[-1]) < batch_size and (
+                getattr(model, "supports_left_padding", False) or len(prompts[groups[-1][0]]) == len(prompts[i])):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    out: list[list[int]] = [[] for _ in prompts]
+    for group in groups:
+        gens = [torch.Generator().manual_seed(stable_seed(cfg.seed, i)) for i in group]
+        results = _generate_batch(model, [prompts[i] for i in group], cfg, eos_id, gens, use_cache, device)
+        for i, ids in zip(group, results):
+            out[i] = ids
+    return out
+
+
+def _generate_batch(model, prompts, cfg, eos_id, gens, use_cache, device) -> list[list[int]]:
+    B = len(prompts)
+    context = model.cfg.max_seq_len
+    width = max(len(p) for p in prompts)
+    budget = min(cfg.max_new_tokens, context - width)
+    idx = torch.zeros(B, width, dtype=torch.long)
+    valid = torch.zeros(B, width, dtype=torch.bool)
+    for r, p in enumerate(prompts):  # right-align: left padding
+        idx[r, width - len(p):] = torch.tensor(p)
+        valid[r, width - len(p):] = True
+    idx, valid = idx.to(device), valid.to(device)
+    seqs = [list(p) for p in prompts]
+    new: list[list[int]] = [[] for _ in prompts]
+    done = [False] * B
+    cache = model.new_cache(B, width + budget) if use_cache else None
+    logits = model(idx, cache=cache, valid=valid, last_only=True)[:, -1] if use_cache else None
+    for _ in range(budget):
+        if not use_cache:  # the reference path: recompute everything from the full sequences
+            logits = torch.stack([model(torch.tensor([s], device=device))[0, -1] for s in seqs])
+        if cfg.no_repeat_ngram:
+            logits = logits.clone()
+            for r in range(B):
+                banned = banned_by_ngram(seqs[r], cfg.no_repeat_ngram)
+                if banned:
+                    logits[r, list(banned)] = float("-inf")
+        nxt = sample_next(logits, cfg, gens)
+        for r in range(B):
+            if done[r]:
+                continue
+            token = int(nxt[r])
+            if token == eos_id:
+                done[r] = True
+            else:
+                new[r].append(token)
+                seqs[r].append(token)
+        if all(done):
+            break
+        if use_cache:
+            logits = model(nxt.unsqueeze(1), cache=cache)[:, -1]
+    return new
