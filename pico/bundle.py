@@ -38,20 +38,40 @@ def _paths(entries) -> list[str]:
     return out
 
 
-def mermaid_dag(dvc_yaml: dict) -> str:
-    """A mermaid flowchart of the stages: an edge where a stage depends on (a path under) another's output."""
+def stage_edges(dvc_yaml: dict) -> set[tuple[str, str]]:
+    """(producer, consumer) wherever a stage depends on (a path under) another stage's output."""
     stages = dvc_yaml.get("stages", {})
     outs = {name: _paths(s.get("outs")) + _paths(s.get("metrics")) + _paths(s.get("plots")) for name, s in stages.items()}
-    lines = ["flowchart LR"]
-    lines += [f"  {name}([{name}])" for name in stages]
+    edges = set()
     for name, stage in stages.items():
         for producer, produced in outs.items():
-            if producer == name:
-                continue
-            if any(dep == o or dep.startswith(o.rstrip("/") + "/") or o.startswith(dep.rstrip("/") + "/")
-                   for dep in _paths(stage.get("deps")) for o in produced):
-                lines.append(f"  {producer} --> {name}")
-    return "\n".join(dict.fromkeys(lines))
+            if producer != name and any(
+                    dep == o or dep.startswith(o.rstrip("/") + "/") or o.startswith(dep.rstrip("/") + "/")
+                    for dep in _paths(stage.get("deps")) for o in produced):
+                edges.add((producer, name))
+    return edges
+
+
+def mermaid_dag(dvc_yaml: dict) -> str:
+    """A mermaid flowchart of the stages, without the edges implied by longer paths (transitive reduction)."""
+    stages = list(dvc_yaml.get("stages", {}))
+    edges = stage_edges(dvc_yaml)
+    succ = {s: {b for a, b in edges if a == s} for s in stages}
+
+    def reachable(a: str, b: str, skip: tuple[str, str]) -> bool:
+        seen, todo = set(), [a]
+        while todo:
+            x = todo.pop()
+            for y in succ[x]:
+                if (x, y) != skip and y not in seen:
+                    if y == b:
+                        return True
+                    seen.add(y)
+                    todo.append(y)
+        return False
+
+    kept = [(a, b) for a in stages for b in stages if (a, b) in edges and not reachable(a, b, (a, b))]
+    return "\n".join(["flowchart LR", *[f"  {s}([{s}])" for s in stages], *[f"  {a} --> {b}" for a, b in kept]])
 
 
 # ----------------------------------------------------------------------------------------------- tables
