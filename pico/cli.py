@@ -155,20 +155,17 @@ def cmd_compare(args) -> int:
         if len(args.rev) != 2:
             raise PicoError("give exactly two --rev (e.g. --rev main --rev exp-1a2b3)")
         a_rev, b_rev = args.rev
-        a, b = _metrics_at(a_rev), _metrics_at(b_rev)
-        names = args.checkpoints or None
+        a, b = _metrics_pair(a_rev, b_rev)
+        ea, eb = _by_checkpoint(a.get(args.metrics_file, {})), _by_checkpoint(b.get(args.metrics_file, {}))
         sections = {}
-        evaluate_key = args.metrics_file
-        ea, eb = a.get(evaluate_key, {}), b.get(evaluate_key, {})
-        for ckpt in (names or [k for k in ea if k in eb]):
+        for ckpt in args.checkpoints or [k for k in ea if k in eb and k != "style_judge"]:
             if ckpt not in ea or ckpt not in eb:
-                raise PicoError(f"checkpoint {ckpt!r} is not in {evaluate_key} of both revisions")
-            sections[f"{ckpt}"] = compare_metrics(flatten(ea[ckpt]), flatten(eb[ckpt]))
+                raise PicoError(f"checkpoint {ckpt!r} is not in {args.metrics_file} of both revisions")
+            sections[ckpt] = compare_metrics(ea[ckpt], eb[ckpt])
         if args.all_metrics or not sections:
             for path in sorted(set(a) | set(b)):
-                if path == evaluate_key and sections:
-                    continue
-                sections[path] = compare_metrics(flatten(a.get(path, {})), flatten(b.get(path, {})))
+                if path != args.metrics_file or not sections:
+                    sections[path] = compare_metrics(a.get(path, {}), b.get(path, {}))
         labels = (a_rev, b_rev)
     else:
         if len(args.checkpoints) != 2:
@@ -190,27 +187,68 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _metrics_at(rev: str) -> dict[str, dict]:
-    """{metrics file: metrics} at a git revision or DVC experiment, through DVC's API."""
-    import dvc.api
-    from dvc.exceptions import DvcException
-
-    try:
-        return dvc.api.metrics_show(rev=_resolve_rev(rev))
-    except DvcException as e:
-        raise PicoError(f"cannot read metrics at {rev!r}: {e}") from None
-
-
-def _resolve_rev(rev: str) -> str:
-    """A DVC experiment name becomes the commit of its ref; anything else is passed through to git."""
+def _metrics_pair(a_rev: str, b_rev: str) -> tuple[dict, dict]:
+    """{metrics file: {flat key: value}} at two git revisions or DVC experiments, as `dvc metrics diff` reads them."""
     import subprocess
 
-    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"],
-                          capture_output=True, text=True).stdout.split("\n")
-    for line in refs:
-        if line and line.split()[0].rsplit("/", 1)[-1] == rev:
-            return line.split()[1]
-    return rev
+    cmd = ["dvc", "metrics", "diff", a_rev, b_rev, "--all", "--json"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError:
+        raise PicoError("dvc is not on PATH; activate the project's venv (source .venv/bin/activate)") from None
+    if proc.returncode != 0:
+        raise PicoError(f"cannot read metrics at {a_rev!r} and {b_rev!r}: {proc.stderr.strip()[-400:]}")
+    diff = json.loads(proc.stdout or "{}")
+    a = {path: {k: v.get("old") for k, v in rows.items()} for path, rows in diff.items()}
+    b = {path: {k: v.get("new") for k, v in rows.items()} for path, rows in diff.items()}
+    return a, b
+
+
+def _by_checkpoint(flat: dict) -> dict[str, dict]:
+    """{"dpo.pass_all": x} -> {"dpo": {"pass_all": x}}, checkpoints in pipeline order, metrics sorted."""
+    out: dict[str, dict] = {}
+    for key in sorted(flat):
+        ckpt, _, name = key.partition(".")
+        out.setdefault(ckpt, {})[name] = flat[key]
+    order = {"base": 0, "sft": 1, "dpo": 2}
+    return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], 3), kv[0])))
+
+
+# ----------------------------------------------------------------------------------------------- runs
+def add_runs(sub) -> None:
+    p = sub.add_parser("runs", help="list the workspace and DVC experiments, grouped by purpose",
+                       description="Runs as DVC reports them (`dvc exp show --json`): a summary per "
+                                   "experiment.purpose, or one row per run with --detail.")
+    p.add_argument("--detail", action="store_true", help="one row per run: time, rev, model, data, params, metrics")
+    p.add_argument("--purpose", help="only runs with this experiment.purpose")
+    p.add_argument("--sort", metavar="METRIC", help="best first by a metric: ckpt.metric (evaluate.json, e.g. "
+                   "dpo.dpo_test_pref_acc), stage.metric (e.g. pretrain.val_bpb) or file.json:key")
+    p.add_argument("--all-commits", action="store_true", help="also runs committed on every branch")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+
+def cmd_runs(args) -> int:
+    from pico.runs import detail, group_by_purpose, load_runs, render_detail, render_summary, sort_runs
+
+    runs = load_runs(all_commits=args.all_commits)
+    if args.purpose:
+        runs = [r for r in runs if r.purpose == args.purpose]
+    if args.sort:
+        runs = sort_runs(runs, args.sort)
+    groups = group_by_purpose(runs)
+    rows = [detail(r, args.sort) for r in runs]
+    if args.json:
+        print(json.dumps({"groups": groups, "runs": rows}, indent=2, default=str))
+    elif args.detail or args.sort:
+        print(render_detail(rows))
+    else:
+        print(render_summary(groups))
+        uncategorized = groups.get("uncategorized", {}).get("count", 0)
+        if uncategorized:
+            print(f"\n{uncategorized} run(s) have no experiment.purpose; set it with `-S experiment.purpose=...`",
+                  file=sys.stderr)
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -219,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_play(sub)
     add_compare(sub)
+    add_runs(sub)
     return parser
 
 

@@ -66,3 +66,20 @@ def tiny_checkpoint(tmp_path, tok, tiny_model_cfg):
     ckpt = tmp_path / "model.pt"
     save_checkpoint(ckpt, model, model_cfg=tiny_model_cfg, tokenizer_hash=tok.hash, stage="test", step=0)
     return ckpt, tok_path
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """One full `dvc repro` on tiny params in a temp git repo; tests that change things use copies of it."""
+    from pipeline import dvc, make_repo
+
+    repo = make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+    proc = dvc(repo, "repro")
+    return repo, proc
+
+
+@pytest.fixture
+def repo_copy(built, tmp_path):
+    from pipeline import clone_repo
+
+    return clone_repo(built[0], tmp_path / "repo")

@@ -87,6 +87,11 @@ def make_repo(dest: Path, params: dict | None = None) -> Path:
     (dest / "data" / "raw" / "tinystories").symlink_to(tinystories_dir())
     write_params(dest, deep_update(yaml.safe_load((REPO / "params.yaml").read_text()),
                                    deep_update(yaml.safe_load(yaml.safe_dump(TINY_PARAMS)), params or {})))
+    template = REPO / ".dvc" / "plots_template.html"  # made by `make setup`, ignored by git
+    if template.is_file():
+        shutil.copy2(template, dest / ".dvc" / "plots_template.html")
+    else:
+        run(dest, str(BIN / "python"), "-m", "pico.plots_html", ".dvc/plots_template.html")
     run(dest, "git", "init", "-q", "-b", "main")
     run(dest, "git", "add", "-A")
     run(dest, "git", "commit", "-qm", "init")
@@ -108,3 +113,8 @@ def set_params(repo: Path, updates: dict) -> None:
 def clone_repo(src: Path, dest: Path) -> Path:
     shutil.copytree(src, dest, symlinks=True)
     return dest
+
+
+def commit_all(repo: Path, message: str = "run") -> None:
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", message)

@@ -7,22 +7,9 @@ import json
 import pytest
 import torch
 
-from pipeline import clone_repo, dvc, make_repo, ran_stages, set_params
+from pipeline import dvc, ran_stages, set_params
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="session")
-def built(tmp_path_factory):
-    """One full `dvc repro` on tiny params; tests that change things work on copies of it."""
-    repo = make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
-    proc = dvc(repo, "repro")
-    return repo, proc
-
-
-@pytest.fixture
-def repo_copy(built, tmp_path):
-    return clone_repo(built[0], tmp_path / "repo")
 
 
 def test_repro_runs_every_stage_and_writes_outputs(built):
