@@ -45,8 +45,9 @@ def deep_update(base: dict, new: dict) -> dict:
     return base
 
 
-def env() -> dict:
+def env(extra: dict | None = None) -> dict:
     e = dict(os.environ)
+    e.update(extra or {})
     e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"  # stage commands call `python`: this venv's
     e["GIT_AUTHOR_NAME"] = e["GIT_COMMITTER_NAME"] = "pico-tests"
     e["GIT_AUTHOR_EMAIL"] = e["GIT_COMMITTER_EMAIL"] = "tests@pico.invalid"
@@ -54,15 +55,22 @@ def env() -> dict:
     return e
 
 
-def run(repo: Path, *cmd: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(cmd), cwd=repo, env=env(), capture_output=True, text=True, timeout=timeout)
+def run(repo: Path, *cmd: str, check: bool = True, timeout: float = 900,
+        extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(cmd), cwd=repo, env=env(extra_env), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
 
 
-def dvc(repo: Path, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    return run(repo, str(BIN / "dvc"), *args, check=check, timeout=timeout)
+def dvc(repo: Path, *args: str, check: bool = True, timeout: float = 900,
+        extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    return run(repo, str(BIN / "dvc"), *args, check=check, timeout=timeout, extra_env=extra_env)
+
+
+def stage(repo: Path, name: str, *args: str, check: bool = False, extra_env: dict | None = None):
+    """Run one stage script directly (as DVC would, with the paths' defaults)."""
+    return run(repo, str(BIN / "python"), f"stages/{name}.py", *args, check=check, extra_env=extra_env)
 
 
 def ran_stages(proc: subprocess.CompletedProcess) -> list[str]:
