@@ -15,11 +15,40 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class _TokenNLL(torch.autograd.Function):
+    """-log softmax(logits)[target] per row, with a fused backward: softmax - onehot, written once.
+
+    Same numbers as F.cross_entropy(reduction="none"), but it stores no log-softmax copy and does not
+    zero-fill a gradient buffer; rows go in cache-sized chunks. 1.5x faster than the native pair on CPU
+    for 4096x4096 logits (benchmarks/README.md).
+    """
+
+    CHUNK = 256
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # (N, V), (N,) -> (N,)
+        lse = torch.empty(logits.shape[0], dtype=logits.dtype, device=logits.device)
+        for s in range(0, logits.shape[0], _TokenNLL.CHUNK):
+            lse[s : s + _TokenNLL.CHUNK] = torch.logsumexp(logits[s : s + _TokenNLL.CHUNK], dim=-1)
+        ctx.save_for_backward(logits, targets, lse)
+        return lse - logits.gather(1, targets.unsqueeze(1)).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad_nll: torch.Tensor):
+        logits, targets, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for s in range(0, logits.shape[0], _TokenNLL.CHUNK):
+            out = grad[s : s + _TokenNLL.CHUNK]
+            torch.sub(logits[s : s + _TokenNLL.CHUNK], lse[s : s + _TokenNLL.CHUNK, None], out=out)
+            out.exp_().mul_(grad_nll[s : s + _TokenNLL.CHUNK, None])  # softmax * upstream grad
+        grad[torch.arange(logits.shape[0], device=logits.device), targets] -= grad_nll
+        return grad, None
+
+
 def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) at every position: logits (B, T, V), targets (B, T) -> (B, T), in fp32."""
     B, T, V = logits.shape
-    nll = F.cross_entropy(logits.reshape(B * T, V).float(), targets.reshape(B * T), reduction="none")
-    return -nll.view(B, T)
+    return -_TokenNLL.apply(logits.reshape(B * T, V).float(), targets.reshape(B * T)).view(B, T)
 
 
 def masked_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -24,6 +24,11 @@ def run_stage(main: Callable[[list[str] | None], int | None], argv: list[str] | 
     except PicoError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def write_curve_csv(path: str | Path, rows: list[dict], columns: list[str] | None = None) -> None:

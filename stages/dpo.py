@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     result = train(model, cfg, total_steps=total, get_batch=lambda s, m: train_batches.micro(s * micro_per_step + m),
                    loss_fn=loss_fn, evaluate=evaluate, keep_best=True, resume_path=args.resume,
                    fingerprint=run_id, desc="dpo")
+    if not is_main_process():  # under torchrun every rank trained in lockstep; rank 0 writes
+        return 0
     final = evaluate(model)
     train_final = evaluate_loss(model, batches(train_pairs, ref["train"]).all_in_order(), loss_fn, device, "train_")
     metrics = {

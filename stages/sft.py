@@ -14,7 +14,7 @@ from pico.io import read_jsonl
 from pico.losses import lm_loss
 from pico.stage import file_digest, fingerprint, finish_training, run_stage
 from pico.tokenizer import load_tokenizer
-from pico.train import dist_info, evaluate_loss, resolve_device, train
+from pico.train import dist_info, evaluate_loss, is_main_process, resolve_device, train
 
 log = logging.getLogger("sft")
 
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     result = train(model, cfg, total_steps=total, get_batch=lambda s, m: train_batches.micro(s * micro_per_step + m),
                    loss_fn=lm_loss, evaluate=evaluate, keep_best=True, resume_path=args.resume,
                    fingerprint=run_id, desc="sft")
+    if not is_main_process():  # under torchrun every rank trained in lockstep; rank 0 writes
+        return 0
     final = evaluate(model)  # the kept (best) weights
     metrics = {
         "val_loss": round(final["val_loss"], 5),

@@ -56,3 +56,21 @@ def test_dpo_gradient_pushes_chosen_up_and_rejected_down():
 def test_unknown_loss_type():
     with pytest.raises(ValueError, match="loss_type"):
         dpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), 0.1, loss_type="hinge2")
+
+
+def test_fused_token_nll_matches_cross_entropy_values_and_gradients():
+    torch.manual_seed(0)
+    logits = (torch.randn(3, 300, 97) * 4).requires_grad_(True)  # more rows than one chunk
+    targets = torch.randint(0, 97, (3, 300))
+    weights = torch.rand(3, 300)
+    ours = token_logps(logits, targets)
+    want = -torch.nn.functional.cross_entropy(logits.view(-1, 97), targets.view(-1), reduction="none").view(3, 300)
+    assert torch.allclose(ours, want, atol=1e-5)
+    (g_ours,) = torch.autograd.grad((ours * weights).sum(), logits)
+    (g_want,) = torch.autograd.grad((want * weights).sum(), logits)
+    assert torch.allclose(g_ours, g_want, atol=1e-6)
+    from pico.losses import _TokenNLL
+
+    small_targets = torch.randint(0, 7, (15,))
+    assert torch.autograd.gradcheck(lambda x: _TokenNLL.apply(x, small_targets),
+                                    (torch.randn(15, 7, dtype=torch.float64, requires_grad=True),))

@@ -1,0 +1,150 @@
+"""DPO step throughput (pairs/s), pico vs TRL's DPOTrainer, same GPT-2 shape, same pairs, CPU fp32.
+
+    python benchmarks/dpo_cpu.py                 # needs the `bench` extra and data/tokenizer/tokenizer.json
+
+Pairs: the template data of `generate` (default params), tokenized with the project tokenizer for both.
+TRL is timed twice: as configured by default (reference model forward every step) and with
+`precompute_ref_log_probs=True`. Times are per optimizer step, median after warm-up steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import statistics
+import time
+
+import torch
+
+from common import save
+from pico.config import GenerateConfig, TrainConfig, load_params
+from pico.finetune import BucketedBatches, dpo_batch, encode_dpo_rows, pair_logps
+from pico.generate import generate_rows
+from pico.losses import dpo_batch_loss
+from pico.model import build_model
+from pico.tokenizer import load_tokenizer
+from pico.train import train
+
+
+def hf_tokenizer(tok):
+    """A transformers tokenizer that yields exactly the project tokenizer's ids (so TRL sees the same tokens)."""
+    from transformers import PreTrainedTokenizer
+
+    class Tiktoken(PreTrainedTokenizer):
+        def __init__(self, **kw):
+            self.tok = tok
+            super().__init__(eos_token="<|endoftext|>", pad_token="<|endoftext|>", **kw)
+
+        @property
+        def vocab_size(self):
+            return tok.vocab_size
+
+        def get_vocab(self):
+            return {**{str(i): i for i in range(tok.eot_id)}, "<|endoftext|>": tok.eot_id}
+
+        def _tokenize(self, text, **kw):
+            return [str(i) for i in tok.encode(text)]
+
+        def _convert_token_to_id(self, token):
+            return tok.eot_id if token == "<|endoftext|>" else int(token)
+
+        def _convert_id_to_token(self, index):
+            return "<|endoftext|>" if index == tok.eot_id else str(index)
+
+        def convert_tokens_to_string(self, tokens):
+            return tok.decode(int(t) for t in tokens if t != "<|endoftext|>")
+
+    return Tiktoken()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--tokenizer", default="data/tokenizer/tokenizer.json")
+    ap.add_argument("--pairs", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    args = ap.parse_args()
+    p = load_params(args.params)
+    cfg, dpo = p.model, p.dpo
+    B = dpo.batch_size
+    tok = load_tokenizer(args.tokenizer)
+    rows = generate_rows(GenerateConfig(sft_splits={"train": 1, "valid": 1, "test": 1},
+                                        dpo_splits={"train": args.pairs, "valid": 1, "test": 1})).rows[("dpo", "train")]
+    device = torch.device("cpu")
+
+    # --- pico: the dpo stage's own path (reference log-probs once, one forward for chosen+rejected, bucketing)
+    torch.manual_seed(0)
+    model = build_model(cfg, tok.vocab_size)
+    pairs, _ = encode_dpo_rows(tok, rows, dpo.max_len, dpo.truncation)
+    t_ref = time.perf_counter()
+    ref = pair_logps(model, pairs, B, device)
+    ref_seconds = time.perf_counter() - t_ref
+    batches = BucketedBatches([max(len(c.ids), len(r.ids)) for c, r in pairs], B, 0,
+                              lambda idx: dpo_batch([pairs[i] for i in idx], ref[idx]))
+    step_times: list[float] = []
+    loss_fn = functools.partial(dpo_batch_loss, beta=dpo.beta)
+
+    def timed_batch(step, micro):
+        step_times.append(time.perf_counter())
+        return batches.micro(step)
+
+    tcfg = TrainConfig(seed=0, device="cpu", batch_size=B, lr=1e-6, warmup_steps=0, eval_every=10**6,
+                       save_every=10**6, log_every=10**6)
+    train(model, tcfg, total_steps=args.warmup + args.steps + 1, get_batch=timed_batch, loss_fn=loss_fn)
+    pico_step = statistics.median([b - a for a, b in zip(step_times, step_times[1:])][args.warmup:])
+
+    # --- TRL
+    from datasets import Dataset
+    from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    hf_tok = hf_tokenizer(tok)
+    data = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.starts = []
+
+        def on_step_begin(self, a, state, control, **kw):
+            self.starts.append(time.perf_counter())
+
+    def run_trl(precompute: bool) -> tuple[float, float]:
+        torch.manual_seed(0)
+        hf_cfg = GPT2Config(vocab_size=tok.vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.d_model,
+                            n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.mlp_ratio * cfg.d_model,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=tok.eot_id,
+                            eos_token_id=tok.eot_id, pad_token_id=tok.eot_id)
+        hf_cfg._attn_implementation = "sdpa"
+        targs = DPOConfig(output_dir="/tmp/pico-bench-trl", per_device_train_batch_size=B, max_steps=args.warmup + args.steps + 1,
+                          learning_rate=1e-6, beta=dpo.beta, max_length=dpo.max_len, use_cpu=True, report_to="none",
+                          save_strategy="no", logging_strategy="no", dataloader_num_workers=0, seed=0,
+                          precompute_ref_log_probs=precompute, bf16=False)
+        clock = Clock()
+        policy = GPT2LMHeadModel(hf_cfg)
+        reference = copy.deepcopy(policy).eval()  # the frozen reference, as DPOTrainer would load it
+        trainer = DPOTrainer(model=policy, ref_model=reference, args=targs, train_dataset=data,
+                             processing_class=hf_tok, callbacks=[clock])
+        t0 = time.perf_counter()
+        trainer.train()
+        total = time.perf_counter() - t0
+        starts = clock.starts
+        steps = [b - a for a, b in zip(starts, starts[1:])][args.warmup:]
+        return statistics.median(steps), total
+
+    trl_default, _ = run_trl(False)
+    trl_pre, _ = run_trl(True)
+    pairs_per_s = {"pico": B / pico_step, "trl_dpo_default": B / trl_default, "trl_dpo_precomputed_ref": B / trl_pre}
+    save("dpo_cpu", {
+        "shape": {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "max_len": dpo.max_len,
+                  "vocab": tok.vocab_size, "pairs_per_batch": B, "dtype": "float32"},
+        "pairs": len(pairs), "pico_reference_logps_seconds": round(ref_seconds, 2),
+        "pairs_per_s": {k: round(v, 3) for k, v in pairs_per_s.items()},
+        "speedup_pico_vs": {k: round(pairs_per_s["pico"] / v, 3) for k, v in pairs_per_s.items() if k != "pico"},
+        "target": "pico >= 1.5x trl_dpo_default",
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Pretraining throughput, pico vs Hugging Face GPT-2 of the same shape, same batch, same dtype (fp32 CPU).
+
+    python benchmarks/pretrain_cpu.py            # the default CPU shape of params.yaml
+
+Needs the `bench` extra (transformers). Random tokens; forward + backward + AdamW step per iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from common import interleaved, save
+from pico.config import ModelConfig, load_params
+from pico.model import build_model, count_params
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--compile", action="store_true", help="also time pico under torch.compile")
+    args = ap.parse_args()
+    p = load_params(args.params)
+    cfg: ModelConfig = p.model
+    B, T, V = p.pretrain.batch_size, p.pretrain.seq_len or cfg.max_seq_len, args.vocab
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    x = torch.randint(0, V, (B, T + 1))
+    inputs, targets = x[:, :-1], x[:, 1:]
+
+    pico = build_model(cfg, V).train()
+    pico_opt = torch.optim.AdamW(pico.parameters(), lr=1e-4)
+
+    def pico_step(model=pico, opt=pico_opt):
+        logits = model(inputs)
+        loss = F.cross_entropy(logits.view(-1, V), targets.reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf_cfg = GPT2Config(vocab_size=V, n_positions=cfg.max_seq_len, n_embd=cfg.d_model, n_layer=cfg.n_layer,
+                        n_head=cfg.n_head, n_inner=cfg.mlp_ratio * cfg.d_model, resid_pdrop=0.0, embd_pdrop=0.0,
+                        attn_pdrop=0.0, use_cache=False, bos_token_id=0, eos_token_id=0)
+    hf_cfg._attn_implementation = "sdpa"  # HF's fastest attention on CPU
+    hf = GPT2LMHeadModel(hf_cfg).train()
+    hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4)
+
+    def hf_step():
+        out = hf(input_ids=inputs, labels=x[:, :-1])  # HF shifts labels itself: T-1 predictions
+        out.loss.backward()
+        hf_opt.step()
+        hf_opt.zero_grad(set_to_none=True)
+
+    contenders = {"pico": pico_step, "hf_gpt2_sdpa": hf_step}
+    if args.compile:
+        compiled = torch.compile(build_model(cfg, V).train())
+        opt_c = torch.optim.AdamW(compiled.parameters(), lr=1e-4)
+        contenders["pico_compiled"] = lambda: pico_step(compiled, opt_c)
+    sec = interleaved(contenders, n_warmup=2, n_steps=args.steps, rounds=args.rounds, device=device)
+    tok = {k: B * T / v for k, v in sec.items()}
+    save("pretrain_cpu", {
+        "shape": {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "seq_len": T, "vocab": V,
+                  "batch": B, "dtype": "float32"},
+        "params": {"pico": count_params(pico), "hf_gpt2": sum(q.numel() for q in hf.parameters())},
+        "tokens_per_s": {k: round(v, 1) for k, v in tok.items()},
+        "speedup_vs_hf": {k: round(v / tok["hf_gpt2_sdpa"], 3) for k, v in tok.items()},
+        "target": "pico >= 1.3x hf_gpt2_sdpa",
+    })
+
+
+if __name__ == "__main__":
+    main()
