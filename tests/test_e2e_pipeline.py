@@ -160,3 +160,16 @@ def test_bad_param_fails_fast_naming_the_key_and_touches_nothing(repo_copy):
     assert proc.returncode != 0
     assert "pretrain.lr" in proc.stdout + proc.stderr
     assert (repo_copy / "checkpoints/base.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("model_type", ["lstm", "kgram_mlp"])
+def test_every_model_type_trains_and_evaluates_through_the_same_stages(repo_copy, model_type):
+    set_params(repo_copy, {"model": {"type": model_type}})
+    ran = ran_stages(dvc(repo_copy, "repro", "evaluate"))
+    assert ran == ["pretrain", "sft", "dpo", "evaluate"]
+    ckpt = torch.load(repo_copy / "checkpoints/dpo.pt", weights_only=True)
+    assert ckpt["model"]["type"] == model_type
+    metrics = json.loads((repo_copy / "metrics/evaluate.json").read_text())
+    pretrain = json.loads((repo_copy / "metrics/pretrain.json").read_text())
+    assert pretrain["val_loss"] < pretrain["unigram_val_loss"] + 1.0
+    assert metrics["dpo"]["n_words"] > 0  # it generated, in equal-length batches with its own cache
