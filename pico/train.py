@@ -97,7 +97,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # the fused kernel exists for CPU and CUDA and is the fastest on both (benchmarks/README.md)
+    # the fused kernel: 1.8 ms vs 4.1 ms per step for foreach on this CPU (benchmarks/README.md); usual on CUDA
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type in ("cpu", "cuda"))
 
 
