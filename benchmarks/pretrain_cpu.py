@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
 
 from common import interleaved, save
 from pico.config import ModelConfig, load_params
+from pico.losses import lm_loss
 from pico.model import build_model, count_params
+from pico.train import make_optimizer
 
 
 def main() -> None:
@@ -33,13 +34,14 @@ def main() -> None:
     x = torch.randint(0, V, (B, T + 1))
     inputs, targets = x[:, :-1], x[:, 1:]
 
+    # pico's own training step: the loss and the optimizer the `pretrain` stage uses
+    batch = {"input_ids": inputs, "targets": targets}
     pico = build_model(cfg, V).train()
-    pico_opt = torch.optim.AdamW(pico.parameters(), lr=1e-4)
+    pico_opt = make_optimizer(pico, p.pretrain, device)
 
     def pico_step(model=pico, opt=pico_opt):
-        logits = model(inputs)
-        loss = F.cross_entropy(logits.view(-1, V), targets.reshape(-1))
-        loss.backward()
+        loss_sum, _ = lm_loss(model, batch)
+        (loss_sum / targets.numel()).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -50,7 +52,7 @@ def main() -> None:
                         attn_pdrop=0.0, use_cache=False, bos_token_id=0, eos_token_id=0)
     hf_cfg._attn_implementation = "sdpa"  # HF's fastest attention on CPU
     hf = GPT2LMHeadModel(hf_cfg).train()
-    hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4)
+    hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, fused=True)  # the HF Trainer default (adamw_torch_fused)
 
     def hf_step():
         out = hf(input_ids=inputs, labels=x[:, :-1])  # HF shifts labels itself: T-1 predictions
@@ -61,7 +63,7 @@ def main() -> None:
     contenders = {"pico": pico_step, "hf_gpt2_sdpa": hf_step}
     if args.compile:
         compiled = torch.compile(build_model(cfg, V).train())
-        opt_c = torch.optim.AdamW(compiled.parameters(), lr=1e-4)
+        opt_c = make_optimizer(compiled, p.pretrain, device)
         contenders["pico_compiled"] = lambda: pico_step(compiled, opt_c)
     sec = interleaved(contenders, n_warmup=2, n_steps=args.steps, rounds=args.rounds, device=device)
     tok = {k: B * T / v for k, v in sec.items()}

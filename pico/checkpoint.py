@@ -19,21 +19,10 @@ import torch.nn as nn
 from pico.config import ModelConfig, build_config
 from pico.errors import CheckpointError, ParamsError
 from pico.io import write_bytes
-from pico.model import build_model, model_meta
+from pico.model import build_model, model_meta, unwrap
 
 FORMAT = "pico-checkpoint"
 VERSION = 1
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under torch.compile and DistributedDataParallel wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
 
 
 def to_bytes(obj: Any) -> bytes:

@@ -1,7 +1,8 @@
 """Next-token models: a GPT (the default), an LSTM and the course's k-gram MLP baseline.
 
-All three map ids (B, T) to logits (B, T, V) and take an optional cache for incremental decoding, so the
-training loop, the losses and the sampler never ask which one they have.
+All three map ids (B, T) to logits (B, T, V) (or, with `return_hidden`, to the hidden states their `head`
+maps to logits) and take an optional cache for incremental decoding, so the training loop, the losses and
+the sampler never ask which one they have.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pico.config import ModelConfig
+from pico.kernels import Linear
 
 
 # ----------------------------------------------------------------------------------------------- GPT
@@ -36,8 +38,8 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.n_head, self.layer = cfg.n_head, layer
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.qkv = Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None):
@@ -62,8 +64,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=False)
-        self.proj = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=False)
+        self.fc = Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=False)
+        self.proj = Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
@@ -94,7 +96,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=False)
-        self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.head = Linear(cfg.d_model, vocab_size, bias=False)
         self.head.weight = self.wte.weight  # weight tying
         self.apply(_init_weights)
         for name, p in self.named_parameters():
@@ -113,8 +115,11 @@ class GPT(nn.Module):
         )
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None, valid: torch.Tensor | None = None,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, return_hidden: bool = False) -> torch.Tensor:
         """idx (B, T) -> logits (B, T, V), or (B, 1, V) with `last_only`.
+
+        `return_hidden` returns the final hidden states (B, T, d) instead of logits, for a loss that applies
+        `self.head` itself (`losses.linear_masked_nll`, which never holds all logits at once).
 
         With a cache, idx holds the next T tokens of every row; `valid` (B, T) marks left padding on the
         first call. Without a cache this is the plain causal forward used in training.
@@ -148,7 +153,7 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:, :]
-        return self.head(x)
+        return x if return_hidden else self.head(x)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -177,14 +182,15 @@ class LSTMLM(nn.Module):
         self.lstm = nn.LSTM(cfg.d_model, cfg.d_model, num_layers=cfg.n_layer, batch_first=True,
                             dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=False)
-        self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.head = Linear(cfg.d_model, vocab_size, bias=False)
         self.head.weight = self.wte.weight
         nn.init.normal_(self.wte.weight, mean=0.0, std=0.02)
 
     def new_cache(self, batch_size: int, capacity: int, device=None, dtype=None) -> LSTMCache:
         return LSTMCache()
 
-    def forward(self, idx, cache: LSTMCache | None = None, valid=None, last_only: bool = False):
+    def forward(self, idx, cache: LSTMCache | None = None, valid=None, last_only: bool = False,
+                return_hidden: bool = False):
         if valid is not None and not bool(valid.all()):
             raise ValueError("the LSTM does not take left-padded batches; decode rows of equal length together")
         x, state = self.lstm(self.wte(idx), cache.state if cache is not None else None)
@@ -193,7 +199,7 @@ class LSTMLM(nn.Module):
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:, :]
-        return self.head(x)
+        return x if return_hidden else self.head(x)
 
 
 # ----------------------------------------------------------------------------------------------- k-gram MLP
@@ -216,18 +222,19 @@ class KGramMLP(nn.Module):
         layers: list[nn.Module] = []
         width = cfg.k * cfg.d_model
         for _ in range(cfg.n_layer):
-            layers += [nn.Linear(width, cfg.mlp_ratio * cfg.d_model), nn.GELU(approximate="tanh"), nn.Dropout(cfg.dropout)]
+            layers += [Linear(width, cfg.mlp_ratio * cfg.d_model), nn.GELU(approximate="tanh"), nn.Dropout(cfg.dropout)]
             width = cfg.mlp_ratio * cfg.d_model
-        layers.append(nn.Linear(width, cfg.d_model))
+        layers.append(Linear(width, cfg.d_model))
         self.mlp = nn.Sequential(*layers)
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=False)
-        self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.head = Linear(cfg.d_model, vocab_size, bias=False)
         self.apply(_init_weights)
 
     def new_cache(self, batch_size: int, capacity: int, device=None, dtype=None) -> KGramCache:
         return KGramCache()
 
-    def forward(self, idx, cache: KGramCache | None = None, valid=None, last_only: bool = False):
+    def forward(self, idx, cache: KGramCache | None = None, valid=None, last_only: bool = False,
+                return_hidden: bool = False):
         if valid is not None and not bool(valid.all()):
             raise ValueError("the k-gram MLP does not take left-padded batches; decode rows of equal length together")
         B, T = idx.shape
@@ -243,7 +250,7 @@ class KGramMLP(nn.Module):
         windows = padded.unfold(1, self.k, 1)  # (B, T, k)
         x = self.wte(windows).flatten(2)  # (B, T, k*d)
         x = self.ln_f(self.mlp(x))
-        return self.head(x)
+        return x if return_hidden else self.head(x)
 
 
 # ----------------------------------------------------------------------------------------------- factory
@@ -252,6 +259,17 @@ MODEL_TYPES = {"transformer": GPT, "lstm": LSTMLM, "kgram_mlp": KGramMLP}
 
 def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
     return MODEL_TYPES[cfg.type](cfg, vocab_size)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile and DistributedDataParallel wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
 
 
 def count_params(model: nn.Module) -> int:

@@ -24,10 +24,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from pico.checkpoint import read_payload_file, to_bytes, unwrap
+from pico.checkpoint import read_payload_file, to_bytes
 from pico.config import TrainConfig
 from pico.errors import PicoError, TrainingError
 from pico.io import progress_bar, write_bytes
+from pico.model import unwrap
 
 log = logging.getLogger(__name__)
 

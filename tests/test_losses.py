@@ -74,3 +74,46 @@ def test_fused_token_nll_matches_cross_entropy_values_and_gradients():
     small_targets = torch.randint(0, 7, (15,))
     assert torch.autograd.gradcheck(lambda x: _TokenNLL.apply(x, small_targets),
                                     (torch.randn(15, 7, dtype=torch.float64, requires_grad=True),))
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "binary", "fractional", "all_zero"])
+def test_linear_masked_nll_matches_logits_then_masked_nll(monkeypatch, mask_kind):
+    import pico.losses as losses
+
+    monkeypatch.setattr(losses, "_CHUNK_LOGITS", 97 * 64)  # 64-row chunks: many chunks and a ragged last one
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 150, 16, requires_grad=True)
+    weight = (torch.randn(97, 16) * 0.7).requires_grad_(True)
+    targets = torch.randint(0, 97, (3, 150))
+    mask = {"none": None, "binary": (torch.rand(3, 150) > 0.4).float(),
+            "fractional": torch.rand(3, 150) * (torch.rand(3, 150) > 0.4), "all_zero": torch.zeros(3, 150)}[mask_kind]
+    ours = losses.linear_masked_nll(hidden, weight, targets, mask)
+    want = masked_nll(hidden @ weight.t(), targets, mask)
+    assert ours.item() == pytest.approx(want.item(), rel=1e-5, abs=1e-5)
+    g_ours = torch.autograd.grad(ours * 0.3, (hidden, weight))
+    g_want = torch.autograd.grad(want * 0.3, (hidden, weight))
+    for a, b in zip(g_ours, g_want):
+        assert torch.allclose(a, b, atol=1e-6)
+    if mask is not None:  # rows the mask leaves out get no gradient at all
+        assert (g_ours[0][mask == 0] == 0).all()
+    with torch.no_grad():
+        assert losses.linear_masked_nll(hidden, weight, targets, mask).item() == pytest.approx(want.item(), rel=1e-5,
+                                                                                              abs=1e-5)
+
+
+def test_lm_loss_from_hidden_states_equals_loss_on_logits():
+    from pico.config import ModelConfig
+    from pico.losses import lm_loss
+    from pico.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(d_model=32, n_layer=2, n_head=2, max_seq_len=64), 300)
+    ids = torch.randint(0, 300, (4, 64))
+    batch = {"input_ids": ids[:, :-1], "targets": ids[:, 1:], "loss_mask": (torch.rand(4, 63) > 0.3).float()}
+    loss, _ = lm_loss(model, batch)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    want = masked_nll(model(batch["input_ids"]), batch["targets"], batch["loss_mask"])
+    want_grads = torch.autograd.grad(want, list(model.parameters()))
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    for a, b in zip(grads, want_grads):
+        assert torch.allclose(a, b, atol=1e-5)
