@@ -167,7 +167,7 @@ def teacher():
 
 
 def teacher_cfg(server: FakeTeacher, **kw) -> GenerateConfig:
-    t = TeacherConfig(base_url=server.base_url, model="fake-1", concurrency=3, timeout_s=1.0, max_retries=4,
+    t = TeacherConfig(base_url=server.base_url, model="fake-1", concurrency=3, timeout_s=4.0, max_retries=4,
                       max_attempts=3, backoff_s=0.0, **kw)
     return small_cfg(provider="openai", teacher=t, pair_difficulty=0.5)
 
@@ -189,7 +189,7 @@ def test_teacher_rows_are_valid_and_a_rerun_is_free(teacher, tmp_path):
 
 def test_teacher_faults_are_retried_and_counted(teacher, tmp_path):
     faults = ["429", "500", "malformed", "drop", "slow", None, "500", None]
-    server = teacher(faults=faults, slow_s=1.5)
+    server = teacher(faults=faults, slow_s=5.0)  # longer than timeout_s: a real timeout, with slack for a loaded CI
     cfg = teacher_cfg(server)
     client = TeacherClient(cfg.teacher, tmp_path / "cache", "sk-test-123", seed=cfg.seed)
     out = generate_rows(cfg, client)
