@@ -7,6 +7,7 @@
 2. Output layer + next-token loss, forward and backward over the same tokens: logits then native
    `F.cross_entropy`; logits then pico's `masked_nll`; pico's chunked `linear_masked_nll`. Also with a mask
    that keeps half the tokens (SFT scores only the response).
+3. Small products (1, 64 and 256 rows, as in decoding), MKL vs oneDNN, in microseconds.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from common import interleaved, save
 from pico.config import load_params
-from pico.kernels import _onednn_mm_t
+from pico.kernels import MIN_ROWS, _onednn_mm_t
 from pico.losses import linear_masked_nll, masked_nll
 
 
@@ -53,6 +54,14 @@ def main() -> None:
                                for prod in ("forward", "grad_input", "grad_weight")},
         }
 
+    # small products (decoding): why pico.kernels leaves products under MIN_ROWS rows on MKL
+    small = {}
+    for rows in (1, 64, MIN_ROWS):
+        x, w = torch.randn(rows, d), torch.randn(3 * d, d)
+        sec = interleaved({"mkl": lambda: x @ w.t(), "onednn": lambda: _onednn_mm_t(x, w)},
+                          n_warmup=20, n_steps=200, rounds=args.rounds, device=device)
+        small[f"{rows}x{d}x{3 * d}"] = {k: round(v * 1e6, 1) for k, v in sec.items()}
+
     h0, w0 = torch.randn(M, d), torch.randn(V, d) * 0.02
     targets = torch.randint(0, V, (M,))
     half = (torch.rand(M) < 0.5).float()
@@ -64,7 +73,7 @@ def main() -> None:
                 nll = F.cross_entropy(h @ w.t(), targets, reduction="none")
                 loss = nll.sum() if mask is None else (nll * mask).sum()
             elif kind == "logits_masked_nll":
-                loss = masked_nll(h @ w.t(), targets, mask)
+                loss = masked_nll((h @ w.t()).unsqueeze(0), targets.unsqueeze(0), None if mask is None else mask.unsqueeze(0))
             else:
                 loss = linear_masked_nll(h, w, targets, mask)
             loss.backward()
@@ -78,7 +87,8 @@ def main() -> None:
         head_loss[label] = {"ms": {k: round(v * 1e3, 1) for k, v in sec.items()},
                             "speedup_vs_native": {k: round(sec["native_cross_entropy"] / v, 3) for k, v in sec.items()}}
 
-    save("cpu_kernels", {"tokens": M, "d_model": d, "vocab": V, "linear": linears, "head_and_loss": head_loss})
+    save("cpu_kernels", {"tokens": M, "d_model": d, "vocab": V, "linear": linears, "small_products_us": small,
+                          "head_and_loss": head_loss})
 
 
 if __name__ == "__main__":
