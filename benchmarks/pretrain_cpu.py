@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--compile", action="store_true", help="also time pico under torch.compile")
+    ap.add_argument("--profile", action="store_true", help="then print where 3 pico steps spend their time")
     args = ap.parse_args()
     p = load_params(args.params)
     cfg: ModelConfig = p.model
@@ -34,8 +35,9 @@ def main() -> None:
     x = torch.randint(0, V, (B, T + 1))
     inputs, targets = x[:, :-1], x[:, 1:]
 
-    # pico's own training step: the loss and the optimizer the `pretrain` stage uses
-    batch = {"input_ids": inputs, "targets": targets}
+    # pico's own training step: the loss, the optimizer and the batch (with the byte counts its bits-per-byte
+    # statistic needs) of the `pretrain` stage
+    batch = {"input_ids": inputs, "targets": targets, "target_bytes": torch.randint(1, 6, (B, T))}
     pico = build_model(cfg, V).train()
     pico_opt = make_optimizer(pico, p.pretrain, device)
 
@@ -75,6 +77,13 @@ def main() -> None:
         "speedup_vs_hf": {k: round(v / tok["hf_gpt2_sdpa"], 3) for k, v in tok.items()},
         "target": "pico >= 1.3x hf_gpt2_sdpa",
     })
+    if args.profile:
+        from torch.profiler import profile
+
+        with profile() as prof:
+            for _ in range(3):
+                pico_step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
 if __name__ == "__main__":

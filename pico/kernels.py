@@ -2,8 +2,8 @@
 
 PyTorch's CPU `F.linear` calls MKL's sgemm. On the AMD EPYC this project is measured on, oneDNN's fp32
 matmul (the kernel `torch.compile` uses for CPU linears) runs the forward product `x @ W.T` and the
-input gradient `g @ W` of pico's layers 1.1-2x faster; MKL stays faster for the weight gradient `g.T @ x`
-(benchmarks/README.md). Both are full fp32, so results agree to float rounding. Small products (decoding
+input gradient `g @ W` of pico's layers 1.1-1.4x faster; MKL stays faster for the weight gradient `g.T @ x`
+(`benchmarks/cpu_kernels.py`). Both are full fp32, so results agree to float rounding. Small products (decoding
 one token at a time) stay on MKL: oneDNN's per-call overhead loses below a few hundred rows.
 """
 

@@ -75,7 +75,8 @@ _CHUNK_LOGITS = 1 << 21  # logits per chunk: 8 MB of fp32, stays in cache
 
 def _chunked_linear_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                         weights: torch.Tensor | None, with_grad: bool):
-    """Σ w_i · −log softmax(h_i Wᵀ)[t_i] over rows in chunks; with `with_grad`, also d/dh and d/dW.
+    """Σ w_i · −log softmax(h_i Wᵀ)[t_i] over rows in chunks, and each row's NLL; with `with_grad`, also d/dh
+    and d/dW of the sum.
 
     The gradient of the sum w.r.t. chunk logits is w_i · (softmax − onehot): it needs nothing but the chunk,
     so it is formed in place in the chunk's logits and multiplied out at once (Liger-Kernel's fused linear
@@ -84,6 +85,7 @@ def _chunked_linear_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
     N, V = hidden.shape[0], weight.shape[0]
     chunk = max(1, _CHUNK_LOGITS // V)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    row_nll = torch.empty(N, dtype=torch.float32, device=hidden.device)
     grad_h = torch.empty_like(hidden) if with_grad else None
     grad_w = torch.zeros_like(weight) if with_grad else None
     weight_t = weight.t().contiguous() if with_grad else None  # d/dh = G @ W = mm_t(G, Wᵀ)
@@ -96,6 +98,7 @@ def _chunked_linear_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
         z.sub_(zmax).exp_()
         sumexp = z.sum(dim=1, keepdim=True)
         nll = (zmax + sumexp.log()).squeeze(1) - target_logit
+        row_nll[s : s + chunk] = nll
         total += nll.sum() if w is None else (nll * w).sum()
         if with_grad:
             scale = sumexp.reciprocal_()
@@ -106,43 +109,57 @@ def _chunked_linear_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
             z.scatter_add_(1, t.unsqueeze(1), minus_w.unsqueeze(1))  # w · (softmax − onehot)
             grad_h[s : s + chunk] = mm_t(z, weight_t)
             grad_w.addmm_(z.t(), h)
-    return total, grad_h, grad_w
+    return total, row_nll, grad_h, grad_w
 
 
 class _LinearMaskedNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, weights):
-        total, grad_h, grad_w = _chunked_linear_nll(hidden, weight, targets, weights, with_grad=True)
+        total, row_nll, grad_h, grad_w = _chunked_linear_nll(hidden, weight, targets, weights, with_grad=True)
         ctx.save_for_backward(grad_h, grad_w)
-        return total
+        ctx.mark_non_differentiable(row_nll)
+        return total, row_nll
 
     @staticmethod
-    def backward(ctx, grad_total):
+    def backward(ctx, grad_total, _grad_row_nll):
         grad_h, grad_w = ctx.saved_tensors
         return grad_h * grad_total, grad_w * grad_total, None, None
 
 
 def linear_masked_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                      mask: torch.Tensor | None = None) -> torch.Tensor:
+                      mask: torch.Tensor | None = None, *, token_nll: bool = False):
     """`masked_nll(hidden @ weight.T, targets, mask)`, without holding the full logits.
+
+    With `token_nll` it returns `(loss, nll)`: also every token's NLL, detached, shaped like `targets`, 0 where
+    the mask is 0 (statistics such as bits per byte come from the same pass).
 
     hidden (B, T, d) or (N, d), weight (V, d) the output layer. On CPU in fp32 the product and the loss run
     in row chunks, rows the mask leaves out are skipped (SFT's prompt tokens and padding), and the gradient
-    is formed in the same pass: 1.3x faster than logits + `masked_nll` here (benchmarks/README.md) and no
+    is formed in the same pass: 1.35x faster than logits + `masked_nll` here (`benchmarks/cpu_kernels.py`), no
     (tokens x vocab) buffers. Elsewhere (CUDA autocast, bf16) it is the plain product and `masked_nll`.
     """
     if not (hidden.device.type == "cpu" and hidden.dtype == weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu")):
-        return masked_nll(F.linear(hidden, weight), targets, mask)
+        nll = -token_logps(F.linear(hidden, weight), targets)
+        if mask is not None:
+            nll = nll * mask
+        return (nll.sum(), nll.detach()) if token_nll else nll.sum()
+    shape = targets.shape
     hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
-    weights = None
+    weights = rows = None
     if mask is not None:
         rows = mask.reshape(-1).nonzero().squeeze(1)
         weights = mask.reshape(-1)[rows].to(torch.float32)
         hidden, targets = hidden.index_select(0, rows), targets[rows]
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _LinearMaskedNLL.apply(hidden, weight, targets, weights)
-    return _chunked_linear_nll(hidden, weight, targets, weights, with_grad=False)[0]
+        loss, row_nll = _LinearMaskedNLL.apply(hidden, weight, targets, weights)
+    else:
+        loss, row_nll = _chunked_linear_nll(hidden, weight, targets, weights, with_grad=False)[:2]
+    if not token_nll:
+        return loss
+    if rows is not None:
+        row_nll = torch.zeros(shape.numel(), dtype=row_nll.dtype, device=row_nll.device).index_copy_(0, rows, row_nll)
+    return loss, row_nll.view(shape)
 
 
 def dpo_loss(
@@ -177,17 +194,19 @@ def dpo_loss(
 def lm_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Next-token loss of a pretraining or SFT batch: input_ids/targets (B, T), optional loss_mask (B, T).
 
-    With `target_bytes` (pretraining eval) it also sums what bits-per-byte needs: the NLL of text tokens
-    (special tokens have no bytes and are left out, as nanochat does) and their byte count.
+    With `target_bytes` (pretraining batches) it also sums what bits-per-byte needs, from the same pass: the
+    NLL of text tokens (special tokens have no bytes and are left out, as nanochat does; so are tokens a
+    loss_mask leaves out) and their byte count.
     """
     hidden = model(batch["input_ids"], return_hidden=True)
     head = unwrap(model).head  # bias-free in every pico model
-    loss = linear_masked_nll(hidden, head.weight, batch["targets"], batch.get("loss_mask"))
     stats: dict[str, torch.Tensor] = {}
-    if "target_bytes" in batch:
-        nbytes = batch["target_bytes"]
-        stats["nll_text"] = linear_masked_nll(hidden, head.weight, batch["targets"], (nbytes > 0).float())
-        stats["bytes"] = nbytes.sum().float()
+    if "target_bytes" not in batch:
+        return linear_masked_nll(hidden, head.weight, batch["targets"], batch.get("loss_mask")), stats
+    loss, nll = linear_masked_nll(hidden, head.weight, batch["targets"], batch.get("loss_mask"), token_nll=True)
+    nbytes = batch["target_bytes"]
+    stats["nll_text"] = (nll * (nbytes > 0)).sum()
+    stats["bytes"] = nbytes.sum().float()
     return loss, stats
 
 

@@ -117,3 +117,21 @@ def test_lm_loss_from_hidden_states_equals_loss_on_logits():
     assert loss.item() == pytest.approx(want.item(), rel=1e-5)
     for a, b in zip(grads, want_grads):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("on_fast_path", [True, False])
+def test_linear_masked_nll_token_nll_comes_from_the_same_pass(on_fast_path):
+    from pico.losses import linear_masked_nll
+
+    torch.manual_seed(0)
+    dtype = torch.float32 if on_fast_path else torch.float64  # float64 takes the plain logits path
+    hidden = torch.randn(2, 40, 8, dtype=dtype, requires_grad=True)
+    weight = torch.randn(30, 8, dtype=dtype, requires_grad=True)
+    targets, mask = torch.randint(0, 30, (2, 40)), (torch.rand(2, 40) > 0.5).to(dtype)
+    loss, nll = linear_masked_nll(hidden, weight, targets, mask, token_nll=True)
+    want = -torch.log_softmax(hidden @ weight.t(), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1) * mask
+    assert nll.shape == targets.shape and not nll.requires_grad
+    assert torch.allclose(nll.to(dtype), want, atol=1e-5)
+    assert loss.item() == pytest.approx(want.sum().item(), rel=1e-5)
+    loss.backward()  # the loss still carries its gradient
+    assert hidden.grad is not None and weight.grad is not None
