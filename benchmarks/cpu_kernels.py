@@ -73,7 +73,8 @@ def main() -> None:
                 nll = F.cross_entropy(h @ w.t(), targets, reduction="none")
                 loss = nll.sum() if mask is None else (nll * mask).sum()
             elif kind == "logits_masked_nll":
-                loss = masked_nll((h @ w.t()).unsqueeze(0), targets.unsqueeze(0), None if mask is None else mask.unsqueeze(0))
+                mask3 = None if mask is None else mask.unsqueeze(0)
+                loss = masked_nll((h @ w.t()).unsqueeze(0), targets.unsqueeze(0), mask3)
             else:
                 loss = linear_masked_nll(h, w, targets, mask)
             loss.backward()
