@@ -3,8 +3,12 @@
 PyTorch's CPU `F.linear` calls MKL's sgemm. On the AMD EPYC this project is measured on, oneDNN's fp32
 matmul (the kernel `torch.compile` uses for CPU linears) runs the forward product `x @ W.T` and the
 input gradient `g @ W` of pico's layers 1.1-1.4x faster; MKL stays faster for the weight gradient `g.T @ x`
-(`benchmarks/cpu_kernels.py`). Both are full fp32, so results agree to float rounding. Small products (decoding
-one token at a time) stay on MKL: oneDNN's per-call overhead loses below a few hundred rows.
+(`benchmarks/cpu_kernels.py`). Both are full fp32, so results agree to float rounding.
+
+Only training products go to oneDNN: the ones autograd records, and their backward. oneDNN keeps state per
+matrix shape, and generation's ever-changing shapes made `benchmarks/load_memory.py` keep 148 MB more after
+1,000 prompts when inference used it too (it stays flat on MKL). Products under a few hundred rows stay on
+MKL as well: there oneDNN's per-call overhead loses.
 """
 
 from __future__ import annotations
@@ -61,13 +65,11 @@ class _Linear(torch.autograd.Function):
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, with large fp32 CPU products (and their backward) on oneDNN."""
-    if not onednn_applies(x, weight):
-        return F.linear(x, weight, bias)
+    """F.linear; a large fp32 CPU product that autograd records (training) runs, with its backward, on oneDNN."""
     needs_grad = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    if torch.is_grad_enabled() and needs_grad:
+    if torch.is_grad_enabled() and needs_grad and onednn_applies(x, weight):
         return _Linear.apply(x, weight, bias)
-    return _onednn_mm_t(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
+    return F.linear(x, weight, bias)
 
 
 class Linear(nn.Linear):

@@ -92,7 +92,7 @@ def _chunked_linear_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
     for s in range(0, N, chunk):
         h, t = hidden[s : s + chunk], targets[s : s + chunk]
         w = weights[s : s + chunk] if weights is not None else None
-        z = mm_t(h, weight)  # (n, V) logits of this chunk
+        z = mm_t(h, weight) if with_grad else h @ weight.t()  # (n, V) logits; oneDNN for training only
         target_logit = z.gather(1, t.unsqueeze(1)).squeeze(1)
         zmax = z.amax(dim=1, keepdim=True)
         z.sub_(zmax).exp_()

@@ -43,3 +43,16 @@ def test_mm_helpers_equal_plain_products():
     g = torch.randn(600, 40)
     assert torch.allclose(mm(g, w), g @ w, atol=1e-5)
     assert torch.allclose(linear(a, w), F.linear(a, w), atol=1e-5)
+
+
+def test_only_recorded_training_products_go_to_onednn(monkeypatch):
+    calls = []
+    real = kernels._onednn_mm_t
+    monkeypatch.setattr(kernels, "_onednn_mm_t", lambda *a: calls.append(a[0].shape) or real(*a))
+    layer = Linear(32, 16, bias=False)
+    x = torch.randn(kernels.MIN_ROWS, 32)
+    with torch.no_grad():  # generation and evaluation: MKL, whose memory stays flat over many shapes
+        layer(x)
+    assert calls == []
+    layer(x).sum().backward()  # training: forward and input gradient (when x needs one) on oneDNN
+    assert len(calls) == (1 if kernels._HAVE_ONEDNN else 0)
