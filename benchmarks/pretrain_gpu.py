@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from common import interleaved, save
 from pico.config import ModelConfig, TrainConfig
-from pico.losses import masked_nll
+from pico.losses import lm_loss
 from pico.model import build_model
 from pico.train import make_optimizer
 
@@ -98,7 +98,8 @@ def main() -> None:
 
     def pico_step_fn():
         with autocast():
-            loss = masked_nll(pico(x), y) / y.numel()
+            loss_sum, _ = lm_loss(pico, {"input_ids": x, "targets": y})  # the `pretrain` stage's loss
+            loss = loss_sum / y.numel()
         loss.backward()
         pico_opt.step()
         pico_opt.zero_grad(set_to_none=True)
