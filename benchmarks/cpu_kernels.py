@@ -5,7 +5,7 @@
 1. Linear products of one layer over B*T = 4096 tokens: forward `x @ W.T`, input gradient `g @ W` and weight
    gradient `g.T @ x`, by PyTorch's default (MKL sgemm) and by oneDNN (`pico.kernels`).
 2. Output layer + next-token loss, forward and backward over the same tokens: logits then native
-   `F.cross_entropy`; logits then pico's `masked_nll`; pico's chunked `linear_masked_nll`. Also with a mask
+   `F.cross_entropy`; logits then pico's `masked_nll`; pico's chunked `kernels.head_nll`. Also with a mask
    that keeps half the tokens (SFT scores only the response).
 3. Small products (1, 64 and 256 rows, as in decoding), MKL vs oneDNN, in microseconds.
 """
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from common import interleaved, save
 from pico.config import load_params
-from pico.kernels import MIN_ROWS, _onednn_mm_t
-from pico.losses import linear_masked_nll, masked_nll
+from pico.kernels import MIN_ROWS, _onednn_mm_t, head_nll
+from pico.losses import masked_nll
 
 
 def main() -> None:
@@ -76,14 +76,14 @@ def main() -> None:
                 mask3 = None if mask is None else mask.unsqueeze(0)
                 loss = masked_nll((h @ w.t()).unsqueeze(0), targets.unsqueeze(0), mask3)
             else:
-                loss = linear_masked_nll(h, w, targets, mask)
+                loss = head_nll(h, w, targets, mask)[0]
             loss.backward()
         return step
 
     head_loss = {}
     for label, mask in (("all_tokens", None), ("half_masked", half)):
         sec = interleaved({k: loss_step(k, mask) for k in ("native_cross_entropy", "logits_masked_nll",
-                                                           "linear_masked_nll")},
+                                                           "head_nll")},
                           n_warmup=2, n_steps=args.steps, rounds=args.rounds, device=device)
         head_loss[label] = {"ms": {k: round(v * 1e3, 1) for k, v in sec.items()},
                             "speedup_vs_native": {k: round(sec["native_cross_entropy"] / v, 3) for k, v in sec.items()}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import functools
 import statistics
 import time
@@ -18,8 +19,8 @@ import time
 import torch
 
 from common import save
-from pico.config import GenerateConfig, TrainConfig, load_params
-from pico.finetune import BucketedBatches, dpo_batch, encode_dpo_rows, pair_logps
+from pico.config import load_params
+from pico.finetune import BucketedBatches, dpo_batch, encode_dpo_rows, pair_logps, with_reference
 from pico.generate import generate_rows
 from pico.losses import dpo_batch_loss
 from pico.model import build_model
@@ -70,8 +71,9 @@ def main() -> None:
     cfg, dpo = p.model, p.dpo
     B = dpo.batch_size
     tok = load_tokenizer(args.tokenizer)
-    rows = generate_rows(GenerateConfig(sft_splits={"train": 1, "valid": 1, "test": 1},
-                                        dpo_splits={"train": args.pairs, "valid": 1, "test": 1})).rows[("dpo", "train")]
+    gen = dataclasses.replace(p.generate, sft_splits={"train": 1, "valid": 1, "test": 1},
+                              dpo_splits={"train": args.pairs, "valid": 1, "test": 1})
+    rows = generate_rows(gen).rows[("dpo", "train")]
     device = torch.device("cpu")
 
     # --- pico: the dpo stage's own path (reference log-probs once, one forward for chosen+rejected, bucketing)
@@ -79,19 +81,18 @@ def main() -> None:
     model = build_model(cfg, tok.vocab_size)
     pairs, _ = encode_dpo_rows(tok, rows, dpo.max_len, dpo.truncation)
     t_ref = time.perf_counter()
-    ref = pair_logps(model, pairs, B, device)
+    pairs = with_reference(pairs, pair_logps(model, pairs, B, device))
     ref_seconds = time.perf_counter() - t_ref
-    batches = BucketedBatches([max(len(c.ids), len(r.ids)) for c, r in pairs], B, 0,
-                              lambda idx: dpo_batch([pairs[i] for i in idx], ref[idx]))
+    batches = BucketedBatches([p.length for p in pairs], B, 0, lambda idx: dpo_batch([pairs[i] for i in idx]))
     step_times: list[float] = []
     loss_fn = functools.partial(dpo_batch_loss, beta=dpo.beta)
 
-    def timed_batch(step, micro):
+    def timed_batch(k):
         step_times.append(time.perf_counter())
-        return batches.micro(step)
+        return batches.micro(k)
 
-    tcfg = TrainConfig(seed=0, device="cpu", batch_size=B, lr=1e-6, warmup_steps=0, eval_every=10**6,
-                       save_every=10**6, log_every=10**6)
+    tcfg = dataclasses.replace(dpo, seed=0, device="cpu", grad_accum=1, lr=1e-6, warmup_steps=0, eval_every=10**6,
+                               save_every=10**6, log_every=10**6)
     train(model, tcfg, total_steps=args.warmup + args.steps + 1, get_batch=timed_batch, loss_fn=loss_fn)
     pico_step = statistics.median([b - a for a, b in zip(step_times, step_times[1:])][args.warmup:])
 

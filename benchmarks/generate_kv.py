@@ -16,7 +16,7 @@ import torch
 from common import save
 from pico.config import load_params
 from pico.model import build_model
-from pico.sampling import SamplingConfig, generate
+from pico.sampling import SamplingConfig, sample
 
 
 def main() -> None:
@@ -40,7 +40,8 @@ def main() -> None:
     V = model.vocab_size
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, V - 1, (args.prompt_tokens,), generator=g).tolist() for _ in range(args.batch)]
-    cfg = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=args.new_tokens, seed=0)
+    cfg = SamplingConfig(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=args.new_tokens, no_repeat_ngram=0,
+                         seed=0)
     eos = V  # an id the model never emits: generation runs to max_new_tokens
     results = {}
     outputs = {}
@@ -48,7 +49,7 @@ def main() -> None:
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            outputs[name] = generate(model, prompts, cfg, eos, batch_size=args.batch, use_cache=use_cache)
+            outputs[name] = sample(model, prompts, cfg, eos, batch_size=args.batch, use_cache=use_cache)
             times.append(time.perf_counter() - t0)
         n = sum(len(o) for o in outputs[name])
         results[name] = round(n / min(times), 1)

@@ -56,7 +56,7 @@ def main() -> None:
 
     from pico.checkpoint import load_checkpoint
     from pico.prompt import build_prompt, encode_prompt
-    from pico.sampling import SamplingConfig, generate
+    from pico.sampling import SamplingConfig, sample
     from pico.spec import sample_specs
     from pico.tokenizer import load_tokenizer
 
@@ -67,8 +67,9 @@ def main() -> None:
     tok = load_tokenizer(args.tokenizer)
     model = load_checkpoint(args.checkpoint, tokenizer_hash=tok.hash).model
     ids = [encode_prompt(tok, p) for p in prompts]
-    cfg = SamplingConfig(max_new_tokens=args.new_tokens, seed=0)
-    generate(model, ids[:16], cfg, tok.eot_id, batch_size=16)  # warm up allocator and threads
+    cfg = SamplingConfig(temperature=0.8, top_k=0, top_p=0.95, max_new_tokens=args.new_tokens, no_repeat_ngram=0,
+                         seed=0)
+    sample(model, ids[:16], cfg, tok.eot_id, batch_size=16)  # warm up allocator and threads
     before = rss_mb()
     samples: list[float] = []
     done = threading.Event()
@@ -80,7 +81,7 @@ def main() -> None:
 
     thread = threading.Thread(target=sampler, daemon=True)
     thread.start()
-    outputs = generate(model, ids, cfg, tok.eot_id, batch_size=16)
+    outputs = sample(model, ids, cfg, tok.eot_id, batch_size=16)
     done.set()
     thread.join()
     after = rss_mb()

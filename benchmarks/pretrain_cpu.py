@@ -15,6 +15,7 @@ from common import interleaved, save
 from pico.config import ModelConfig, load_params
 from pico.losses import lm_loss
 from pico.model import build_model, count_params
+from pico.kernels import use_fast_cpu_kernels
 from pico.train import make_optimizer
 
 
@@ -38,7 +39,7 @@ def main() -> None:
     # pico's own training step: the loss, the optimizer and the batch (with the byte counts its bits-per-byte
     # statistic needs) of the `pretrain` stage
     batch = {"input_ids": inputs, "targets": targets, "target_bytes": torch.randint(1, 6, (B, T))}
-    pico = build_model(cfg, V).train()
+    pico = use_fast_cpu_kernels(build_model(cfg, V).train())  # as pico.train.train does
     pico_opt = make_optimizer(pico, p.pretrain, device)
 
     def pico_step(model=pico, opt=pico_opt):

@@ -11,6 +11,7 @@ MFU counts 6N + 12*L*d*T flops per token (N: non-embedding parameters plus the t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 
 import torch
@@ -18,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import interleaved, save
-from pico.config import ModelConfig, TrainConfig
+from pico.config import load_params
 from pico.losses import lm_loss
 from pico.model import build_model
 from pico.train import make_optimizer
@@ -92,9 +93,10 @@ def main() -> None:
         return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     # pico: its own model, loss and optimizer (fused AdamW), the whole step compiled
-    cfg = ModelConfig(d_model=d, n_layer=L, n_head=h, max_seq_len=T)
+    params = load_params("params.yaml")
+    cfg = dataclasses.replace(params.model, d_model=d, n_layer=L, n_head=h, max_seq_len=T)
     pico = build_model(cfg, V).to(device)
-    pico_opt = make_optimizer(pico, TrainConfig(lr=1e-4, weight_decay=0.1), device)
+    pico_opt = make_optimizer(pico, dataclasses.replace(params.pretrain, lr=1e-4, weight_decay=0.1), device)
 
     def pico_step_fn():
         with autocast():

@@ -1,28 +1,36 @@
 """The results bundle: figures, tables, samples, a run snapshot and a self-contained HTML report.
 
-Pure functions from already-loaded metrics/curves to files' contents; `stages/bundle.py` reads and writes.
+`write_bundle` fills a folder from already-loaded inputs (`BundleInputs`); `stages/bundle.py` reads them,
+checks the folder for secrets and puts it in place whole.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import datetime as dt
 import html
 import os
 import platform
 import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pico.checks import CHECKS  # noqa: E402
-from pico.compare import direction  # noqa: E402
+from pico.compare import KEY_METRICS, direction  # noqa: E402
+from pico.config import Params  # noqa: E402
+from pico.io import write_json, write_text  # noqa: E402
 
-KEY_METRICS = ["sft_test_loss", "dpo_test_pref_acc", "dpo_test_reward_margin", "val_loss", "val_bpb", "pass_mean",
-               "pass_all", "style_score", "repeated_4gram_rate"]
 # environment variables a snapshot may record; anything that looks like a secret is dropped even if listed
 ENV_ALLOW = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED", "WORLD_SIZE", "RANK",
              "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_ID", "SLURM_NNODES", "DVC_EXP_NAME",
@@ -345,3 +353,128 @@ def samples_html(records: list[dict], n: int) -> str:
                        else '<span class="pass">passes every check</span>')
             out.append(f"<h4>{html.escape(r['checkpoint'])} — {verdict}</h4><pre>{html.escape(r['response'])}</pre>")
     return "".join(out)
+
+
+# ----------------------------------------------------------------------------------------------- the bundle
+@dataclass
+class BundleInputs:
+    params: Params
+    metrics: dict[str, dict]  # stage name -> metrics/<stage>.json
+    dataset: dict  # data/dataset.json
+    curves: dict  # stage -> {"train": DataFrame | None, "val": DataFrame | None}
+    generations: list[dict]  # eval/generations_test.jsonl
+    dvc_yaml: dict
+    lock: dict  # dvc.lock ({} when there is none yet)
+    files: dict[str, Path]  # {path in run_snapshot/: file} copied as they are (params, metrics, dataset, lock)
+
+
+def git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def run_facts(inputs: BundleInputs, commit: str, dirty: bool, now: str) -> list[str]:
+    """The lines under the title: what this run is, on what, trained how."""
+    p, pre, teacher = inputs.params, inputs.metrics["pretrain"], inputs.dataset.get("teacher")
+    return [
+        f"purpose: {p.experiment.purpose}" + (f" - {p.experiment.description}" if p.experiment.description else ""),
+        f"git {commit[:12]}{' (uncommitted changes)' if dirty else ''}, made {now}",
+        f"model: {p.model.type} d{p.model.d_model} L{p.model.n_layer}, {pre.get('params', '?')} params, "
+        f"context {p.model.max_seq_len}",
+        f"pretraining: {pre['tokens_seen']} tokens of TinyStories, val {pre['val_bpb']:.3f} bits/byte "
+        f"(unigram baseline {pre['unigram_val_loss']:.2f} nats/token)",
+        f"data: {inputs.dataset['provider']} provider" + (f" (teacher {teacher['model']})" if teacher else "")
+        + f", {inputs.dataset['pair_difficulty']} pairs, purpose {inputs.dataset['purpose']}",
+        f"DPO: beta {p.dpo.beta}, {p.dpo.loss_type}, label smoothing {p.dpo.label_smoothing}",
+    ]
+
+
+def experiment_config(inputs: BundleInputs, commit: str, dirty: bool, now: str, params_sha256: str) -> dict:
+    """run_snapshot/experiment_config.yaml: everything needed to say how this run was made."""
+    params = dataclasses.asdict(inputs.params)
+    data_hashes = {o["path"]: o.get("md5") for stage in inputs.lock.get("stages", {}).values()
+                   for o in stage.get("outs", [])}
+    return {
+        "timestamp": now,
+        "experiment": {"purpose": inputs.params.experiment.purpose,
+                       "description": inputs.params.experiment.description,
+                       "name": safe_environment().get("DVC_EXP_NAME", "")},
+        "git": {"commit": commit, "dirty": dirty, "branch": git("rev-parse", "--abbrev-ref", "HEAD")},
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "model": params["model"],
+        "data": {"dataset": inputs.dataset, "paths_md5": data_hashes, "params_sha256": params_sha256},
+        "hyperparameters": {k: v for k, v in params.items() if k not in ("model", "experiment", "bundle")},
+        "libraries": library_versions(),
+        "device": device_info(),
+        "environment": safe_environment(),
+    }
+
+
+def readme_markdown(title: str, facts: list[str], inputs: BundleInputs, table: pd.DataFrame,
+                    stats: pd.DataFrame) -> str:
+    teacher, dataset = inputs.dataset.get("teacher"), inputs.dataset
+    judge = inputs.metrics["evaluate"].get("style_judge", {}).get("heldout_accuracy", float("nan"))
+    return "\n".join([
+        f"# {title}", "", *[f"- {f}" for f in facts], "",
+        "## Pipeline", "", "```mermaid", mermaid_dag(inputs.dvc_yaml), "```", "",
+        "## Data", "",
+        f"Provider **{dataset['provider']}**" + (f", teacher `{teacher['model']}` at `{teacher['base_url']}`"
+                                                 if teacher else "") + f"; data purpose `{dataset['purpose']}`"
+        + (f" ({dataset['description']})" if dataset.get("description") else "") + ".", "",
+        markdown_table(stats, index_name="split"), "",
+        "## Metrics per checkpoint", "", markdown_table(table, [c for c in KEY_METRICS if c in table.columns]), "",
+        f"Style judge (TF-IDF + logistic regression, chosen vs rejected) held-out accuracy: {judge:.3f}.", "",
+        "![summary](figures/summary.png)", "", "![checkpoints](figures/checkpoint_bars.png)", "",
+        "![checks](figures/check_pass_rates.png)", "", "![curves](figures/training_curves.png)", "",
+        "## Files", "",
+        "- [report.html](report.html): everything on one page, works offline",
+        "- [tables/checkpoint_metrics.csv](tables/checkpoint_metrics.csv), "
+        "[tables/checkpoint_metrics.md](tables/checkpoint_metrics.md), "
+        "[tables/dataset_stats.md](tables/dataset_stats.md)",
+        "- [samples/generations.md](samples/generations.md): the same prompts side by side",
+        "- [run_snapshot/](run_snapshot/): params, metrics, dataset stats, dvc.lock, experiment_config.yaml", "",
+    ])
+
+
+def write_bundle(out: Path, inputs: BundleInputs, params_sha256: str) -> None:
+    """Every file of the bundle, into the (new, empty) folder `out`."""
+    cfg = inputs.params.bundle
+    table = checkpoint_table(inputs.metrics["evaluate"])
+    commit = git("rev-parse", "HEAD") or "unknown"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    facts = run_facts(inputs, commit, dirty, now)
+    figures = out / "figures"
+    fig_checkpoint_bars(table, figures / "checkpoint_bars.png", cfg.dpi)
+    fig_check_pass_rates(table, figures / "check_pass_rates.png", cfg.dpi)
+    fig_training_curves(inputs.curves, figures / "training_curves.png", cfg.dpi)
+    fig_summary(cfg.title, table, inputs.curves, facts, figures / "summary.png", cfg.dpi)
+
+    tables = out / "tables"
+    tables.mkdir(parents=True)
+    table.to_csv(tables / "checkpoint_metrics.csv", float_format="%.6g", index_label="checkpoint")
+    write_text(tables / "checkpoint_metrics.md", markdown_table(table) + "\n")
+    stats = stats_table(inputs.metrics["generate"])
+    write_text(tables / "dataset_stats.md", markdown_table(stats, index_name="split") + "\n")
+    stats.to_csv(tables / "dataset_stats.csv", index_label="split")
+    write_text(out / "samples" / "generations.md", samples_markdown(inputs.generations, cfg.n_samples))
+
+    snapshot = out / "run_snapshot"
+    (snapshot / "metrics").mkdir(parents=True)
+    for name, path in inputs.files.items():
+        shutil.copy(path, snapshot / name)
+    write_text(snapshot / "experiment_config.yaml", yaml.safe_dump(
+        experiment_config(inputs, commit, dirty, now, params_sha256), sort_keys=False, allow_unicode=True))
+
+    key_cols = [c for c in KEY_METRICS if c in table.columns]
+    write_text(out / "README.md", readme_markdown(cfg.title, facts, inputs, table, stats))
+    sections = [("Metrics per checkpoint", html_table(table, key_cols)), ("All metrics", html_table(table)),
+                ("Data", html_table(stats, index_name="split")),
+                ("Sample generations", samples_html(inputs.generations, cfg.n_samples))]
+    figs = [("One-page summary", figures / "summary.png"), ("Metrics per checkpoint", figures / "checkpoint_bars.png"),
+            ("Constraint checks", figures / "check_pass_rates.png"),
+            ("Training curves", figures / "training_curves.png")]
+    write_text(out / "report.html", report_html(cfg.title, facts, sections, figs))
+    write_json(snapshot / "bundle_files.json", sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()))

@@ -7,6 +7,7 @@ a file carrying a pickled payload that would run code is refused, never executed
 from __future__ import annotations
 
 import io
+import logging
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -16,11 +17,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from pico.config import ModelConfig, build_config
+from pico.config import ModelConfig
 from pico.errors import CheckpointError, ParamsError
 from pico.io import write_bytes
+from pico.knobs import build_section
 from pico.model import build_model, model_meta, unwrap
 
+log = logging.getLogger(__name__)
 FORMAT = "pico-checkpoint"
 VERSION = 1
 
@@ -74,40 +77,58 @@ def read_payload(path: str | Path) -> dict:
     return payload
 
 
+def read_cache(path: str | Path, fingerprint: str) -> dict | None:
+    """A saved state (resume state, reference log-probs) if it was made from these very inputs, else None.
+
+    An unreadable file or one made from other params or data is ignored (logged): the caller recomputes.
+    """
+    if not Path(path).is_file():
+        return None
+    try:
+        state = read_payload_file(path)
+    except CheckpointError as e:
+        log.warning("ignoring unreadable %s: %s", path, e)
+        return None
+    if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
+        log.info("%s belongs to other params or data; starting fresh", path)
+        return None
+    return state
+
+
 @dataclass
 class Checkpoint:
     model: nn.Module
     model_cfg: ModelConfig
     meta: dict  # everything in the payload but the weights
 
-    @property
-    def vocab_size(self) -> int:
-        return self.meta["model"]["vocab_size"]
 
-
-def load_checkpoint(path: str | Path, *, tokenizer_hash: str | None = None, device: str | torch.device = "cpu",
-                    expect_model: ModelConfig | None = None) -> Checkpoint:
+def load_checkpoint(path: str | Path, *, tokenizer_hash: str | None = None,
+                    device: str | torch.device = "cpu") -> Checkpoint:
     """Rebuild the model a checkpoint describes and load its weights, checking it fits what it is used with."""
     payload = read_payload(path)
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     model_meta_ = dict(meta.get("model") or {})
     vocab_size = model_meta_.pop("vocab_size", None)
     try:
-        cfg = build_config(ModelConfig, model_meta_, "model")
+        cfg = build_section(ModelConfig, model_meta_, "model")
     except ParamsError as e:
         raise CheckpointError(f"{path}: bad model config in checkpoint: {e}") from None
-    if not isinstance(vocab_size, int) or vocab_size <= 0:
+    if not isinstance(vocab_size, int) or not 0 < vocab_size <= 1 << 20:
         raise CheckpointError(f"{path}: bad model config in checkpoint: vocab_size {vocab_size!r}")
     if tokenizer_hash is not None and meta.get("tokenizer_hash") != tokenizer_hash:
         raise CheckpointError(
             f"{path}: trained with tokenizer {str(meta.get('tokenizer_hash'))[:12]}, but the tokenizer in use is "
             f"{tokenizer_hash[:12]}; retrain it (`dvc repro`) or use the matching tokenizer"
         )
-    if expect_model is not None and expect_model != cfg:
-        raise CheckpointError(f"{path}: model config {cfg} differs from the expected {expect_model}")
+    weights = payload.get("state_dict")
+    if not isinstance(weights, dict) or not all(torch.is_tensor(v) for v in weights.values()):
+        raise CheckpointError(f"{path}: state_dict is not a mapping of tensors")
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path}: weights are not finite (NaN or inf) in {bad[0]}")
     model = build_model(cfg, vocab_size)
     try:
-        model.load_state_dict(payload["state_dict"], strict=True)
+        model.load_state_dict(weights, strict=True)
     except (RuntimeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: weights do not match the model config it records: "
                               f"{str(e).splitlines()[0]}") from None

@@ -63,10 +63,10 @@ def cmd_play(args) -> int:
     import torch
 
     from pico.checkpoint import load_checkpoint
+    from pico.device import resolve_device
     from pico.prompt import build_prompt, encode_prompt
-    from pico.sampling import SamplingConfig, generate
+    from pico.sampling import SamplingConfig, sample
     from pico.tokenizer import load_tokenizer
-    from pico.train import resolve_device
 
     if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.max_new_tokens <= 0:
         raise PicoError("bad sampling flags: need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, "
@@ -82,7 +82,7 @@ def cmd_play(args) -> int:
         ids = [_fit_prompt(encode_prompt(tok, p), context, args.max_new_tokens, args.truncate,
                            f"prompt {i + 1}" if len(prompts) > 1 else "the prompt") for i, p in enumerate(prompts)]
         with torch.no_grad():
-            out = generate(ckpt.model, ids, cfg, tok.eot_id, batch_size=args.batch_size, device=device)
+            out = sample(ckpt.model, ids, cfg, tok.eot_id, batch_size=args.batch_size, device=device)
         return [tok.decode(o) for o in out]
 
     if args.mode == "interactive":
@@ -229,7 +229,14 @@ def add_runs(sub) -> None:
 
 
 def cmd_runs(args) -> int:
-    from pico.runs import detail, group_by_purpose, load_runs, render_detail, render_summary, sort_runs
+    from pico.runs import (
+        detail,
+        group_by_purpose,
+        load_runs,
+        render_detail,
+        render_summary,
+        sort_runs,
+    )
 
     runs = load_runs(all_commits=args.all_commits)
     if args.purpose:
@@ -251,6 +258,35 @@ def cmd_runs(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- params
+def add_params(sub) -> None:
+    p = sub.add_parser("params", help="every params.yaml key with its range, help and current value",
+                       description="Every key of params.yaml: its type and range, what it does, and the value in "
+                                   "--params (validated first). Give section names to see only those.")
+    p.add_argument("sections", nargs="*", help="sections to show (default: all)")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(func=cmd_params)
+
+
+def cmd_params(args) -> int:
+    from pico.config import SECTIONS, load_params
+    from pico.knobs import describe
+
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown:
+        raise PicoError(f"unknown section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
+    params = load_params(args.params).__dict__
+    for name in args.sections or SECTIONS:
+        doc = SECTIONS[name].__doc__ or ""
+        print(f"{name}: {'' if doc.startswith(SECTIONS[name].__name__ + '(') else doc}".rstrip())
+        for key, kind, help_line in describe(SECTIONS[name], name):
+            value = params[name]
+            for part in key.split(".")[1:]:
+                value = getattr(value, part)
+            print(f"  {key} = {json.dumps(value)}\n      {kind}: {help_line}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pico", description=__doc__.splitlines()[0])
@@ -258,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_play(sub)
     add_compare(sub)
     add_runs(sub)
+    add_params(sub)
     return parser
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+# the metrics a reader of the results needs first, per checkpoint (README table, bars, bundle)
+KEY_METRICS = ["sft_test_loss", "dpo_test_pref_acc", "dpo_test_reward_margin", "val_loss", "val_bpb", "pass_mean",
+               "pass_all", "style_score", "repeated_4gram_rate"]
 # substrings that decide a metric's direction; the first match wins
 NEUTRAL = ("n_words", "n_paragraphs", "steps", "params", "tokens", "rows", "pairs", "speed", "seconds", "best_step",
            "stories", "bytes", "vocab", "n_rows", "_chars", "_tokens", "stopped_early", "logps/", "unigram",

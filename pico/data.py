@@ -1,6 +1,6 @@
 """Pretraining data: stories packed into one uint16 token stream, read as fixed-length windows.
 
-Batches are pure functions of (seed, step, micro-batch): resume and DDP need no sampler state.
+Batches are pure functions of (seed, micro-batch index): resume and DDP need no sampler state.
 """
 
 from __future__ import annotations
@@ -72,15 +72,17 @@ class TokenWindows:
         batch = {
             "input_ids": windows[:, :-1].contiguous(),
             "targets": windows[:, 1:].contiguous(),
-            "weight": windows.shape[0] * self.seq_len,  # every target counts
+            "n_items": windows.shape[0] * self.seq_len,  # the loss sums over every target
             "tokens": windows.shape[0] * self.seq_len,
         }
         if self.token_bytes is not None:
             batch["target_bytes"] = self.token_bytes[batch["targets"]]
         return batch
 
-    def train_batch(self, step: int, micro: int) -> dict:
-        g = torch.Generator().manual_seed(stable_seed(self.seed, step, micro))
+    def train_batch(self, k: int) -> dict:
+        """Global micro-batch k of training: random windows, a pure function of (seed, k)."""
+        # keyed (seed, k, 0): with one micro-batch per step this is the (seed, step, micro) key earlier runs used
+        g = torch.Generator().manual_seed(stable_seed(self.seed, k, 0))
         starts = torch.randint(0, len(self.tokens) - self.seq_len, (self.batch_size,), generator=g)
         return self._batch(starts)
 

@@ -13,7 +13,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-
 from pico.errors import DataError
 from pico.io import progress_bar
 

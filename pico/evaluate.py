@@ -1,35 +1,25 @@
 """Evaluation of a checkpoint: held-out losses, preference accuracy, and checked generations.
 
-Each function takes a model and returns numbers; `stages/evaluate.py` loops over checkpoints and writes.
+Each function takes a model and returns numbers; `pico.recipes.evaluate` runs them for every checkpoint.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from pico.checks import CHECKS, check_story, failed_checks, text_stats
-from pico.finetune import sft_batch
+from pico.config import EvaluateConfig
+from pico.finetune import Pair, pair_logps, sft_batch
 from pico.losses import lm_loss
-from pico.prompt import Encoded
+from pico.prompt import Encoded, encode_prompt
+from pico.sampling import SamplingConfig, sample
 from pico.spec import Spec
-from pico.train import evaluate_loss
-
-# Which way is better for each metric, used by `pico compare` and the bundle.
-LOWER_IS_BETTER = ("loss", "bpb", "repeated_4gram_rate")
-
-
-def lower_is_better(metric: str) -> bool:
-    return any(metric.endswith(s) or f"{s}_" in metric for s in LOWER_IS_BETTER)
-
-
-def lm_metrics(model: nn.Module, batches: list[dict], device: torch.device) -> dict[str, float]:
-    """Loss (nats/token) and bits per byte over token windows that carry `target_bytes`."""
-    m = evaluate_loss(model, batches, lm_loss, device)
-    return {"val_loss": m["val_loss"], "val_bpb": m["val_nll_text"] / m["val_bytes"] / math.log(2)}
+from pico.tokenizer import Tokenizer
+from pico.train import evaluate_loss, lm_metrics
 
 
 def masked_loss(model: nn.Module, encoded: list[Encoded], batch_size: int, device: torch.device) -> float:
@@ -95,3 +85,48 @@ class StyleJudge:
         if not texts:
             return []
         return [float(p) for p in self.pipeline.predict_proba(texts)[:, 1]]
+
+
+@dataclass
+class EvalData:
+    """What every checkpoint is evaluated on: the same rows, windows, specs and judge for all of them."""
+
+    tok: Tokenizer
+    sft_test: list[Encoded]
+    dpo_test: list[Pair]
+    val_batches: list[dict]
+    gen_rows: dict[str, list[dict]]  # per SFT split: rows whose specs are generated for
+    judge: StyleJudge
+    reference: torch.Tensor  # (N, 2) log-probs of dpo_test under the SFT model
+
+
+def generation_records(name: str, model: nn.Module, rows: list[dict], split: str, data: EvalData,
+                       cfg: EvaluateConfig, device: torch.device) -> tuple[list[dict], list[float]]:
+    """One sampled story per row, with its spec, sampling settings, checks and style score; and the scores."""
+    sampling = SamplingConfig.of(cfg)
+    prompts = [encode_prompt(data.tok, r["prompt"]) for r in rows]
+    outputs = sample(model, prompts, sampling, data.tok.eot_id, batch_size=cfg.batch_size, device=device)
+    texts = [data.tok.decode(ids) for ids in outputs]
+    scores = data.judge.scores(texts)
+    return [{"checkpoint": name, "split": split, "index": i, "prompt": row["prompt"], "response": text,
+             "spec": row["spec"], "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
+             "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "new_tokens": len(outputs[i]),
+             "style_score": round(score, 5), **check_generation(text, Spec.from_dict(row["spec"]))}
+            for i, (row, text, score) in enumerate(zip(rows, texts, scores))], scores
+
+
+def evaluate_checkpoint(name: str, model: nn.Module, data: EvalData, cfg: EvaluateConfig, beta: float,
+                        device: torch.device) -> tuple[dict, dict[str, list[dict]], dict[str, dict]]:
+    """(metrics, generation records per split, summary per split) of one checkpoint."""
+    m: dict[str, float] = {"sft_test_loss": masked_loss(model, data.sft_test, cfg.batch_size, device)}
+    pref = preference_metrics(pair_logps(model, data.dpo_test, cfg.batch_size, device), data.reference, beta)
+    m["dpo_test_pref_acc"], m["dpo_test_reward_margin"] = pref["pref_acc"], pref["reward_margin"]
+    m.update(lm_metrics(model, batches=data.val_batches, device=device))
+    records, summaries = {}, {}
+    for split, rows in data.gen_rows.items():
+        prefix = "" if split == "test" else f"{split}_"
+        records[split], style = generation_records(name, model, rows, split, data, cfg, device)
+        summaries[split] = summarize_generations(records[split])
+        m.update({f"{prefix}{k}": v for k, v in summaries[split].items() if isinstance(v, float)})
+        m[f"{prefix}style_score"] = sum(style) / max(len(style), 1)
+    return {k: round(v, 5) for k, v in m.items()}, records, summaries

@@ -1,4 +1,4 @@
-"""Batches for SFT and DPO, built from `encode_sft` rows, plus the DPO reference log-probs.
+"""Batches for SFT and DPO, built from `encode_sft` rows; DPO pairs carry their reference log-probs.
 
 Batches are length-bucketed (rows of similar length share a batch, so little compute goes to padding)
 and are a pure function of (seed, epoch, index), like pretraining windows: resume and DDP need no state.
@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
+from pico.device import autocast_for, dist_info
 from pico.losses import sequence_logps
 from pico.prompt import Encoded, encode_sft
 from pico.tokenizer import Tokenizer
-from pico.train import autocast_for
 
 PAD_ID = 0  # any id works: padded positions are masked out of the loss and come after the real tokens
 
@@ -33,35 +33,59 @@ class EncodeReport:
         return {"rows": self.rows, "kept": self.kept, "truncated": self.truncated, "dropped": self.dropped}
 
 
-def encode_sft_rows(tok: Tokenizer, rows: list[dict], max_len: int, truncation: str) -> tuple[list[Encoded], EncodeReport]:
+def encode_rows(rows: list[dict], encode_row: Callable[[dict], Any]) -> tuple[list, EncodeReport]:
+    """Encode every row; rows that cannot fit (`encode_row` returns None) are dropped and counted."""
     report = EncodeReport(rows=len(rows))
     out = []
     for row in rows:
-        enc = encode_sft(tok, row["prompt"], row["response"], max_len, truncation)
-        if enc is None:
+        item = encode_row(row)
+        if item is None:
             report.dropped += 1
             continue
-        report.truncated += enc.truncated
-        out.append(enc)
+        report.truncated += item.truncated
+        out.append(item)
     report.kept = len(out)
     return out, report
+
+
+def encode_sft_rows(tok: Tokenizer, rows: list[dict], max_len: int,
+                    truncation: str) -> tuple[list[Encoded], EncodeReport]:
+    return encode_rows(rows, lambda row: encode_sft(tok, row["prompt"], row["response"], max_len, truncation))
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A DPO pair encoded against one prompt, and the frozen reference's summed log-probs of each side."""
+
+    chosen: Encoded
+    rejected: Encoded
+    ref_chosen: float = float("nan")  # filled in once, before training (`with_reference`)
+    ref_rejected: float = float("nan")
+
+    @property
+    def truncated(self) -> bool:
+        return self.chosen.truncated or self.rejected.truncated
+
+    @property
+    def length(self) -> int:
+        return max(len(self.chosen.ids), len(self.rejected.ids))
+
+
+def encode_pair(tok: Tokenizer, row: dict, max_len: int, truncation: str) -> Pair | None:
+    """Chosen and rejected, each encoded after the row's prompt; None when either side cannot fit."""
+    chosen = encode_sft(tok, row["prompt"], row["chosen"], max_len, truncation)
+    rejected = encode_sft(tok, row["prompt"], row["rejected"], max_len, truncation)
+    return Pair(chosen, rejected) if chosen is not None and rejected is not None else None
 
 
 def encode_dpo_rows(tok: Tokenizer, rows: list[dict], max_len: int,
-                    truncation: str) -> tuple[list[tuple[Encoded, Encoded]], EncodeReport]:
-    """(chosen, rejected) encodings; a pair is dropped when either side cannot fit."""
-    report = EncodeReport(rows=len(rows))
-    out = []
-    for row in rows:
-        chosen = encode_sft(tok, row["prompt"], row["chosen"], max_len, truncation)
-        rejected = encode_sft(tok, row["prompt"], row["rejected"], max_len, truncation)
-        if chosen is None or rejected is None:
-            report.dropped += 1
-            continue
-        report.truncated += chosen.truncated or rejected.truncated
-        out.append((chosen, rejected))
-    report.kept = len(out)
-    return out, report
+                    truncation: str) -> tuple[list[Pair], EncodeReport]:
+    return encode_rows(rows, lambda row: encode_pair(tok, row, max_len, truncation))
+
+
+def with_reference(pairs: list[Pair], logps: torch.Tensor) -> list[Pair]:
+    """The pairs with the reference's (N, 2) [chosen, rejected] log-probs attached."""
+    return [replace(p, ref_chosen=float(c), ref_rejected=float(r)) for p, (c, r) in zip(pairs, logps.tolist())]
 
 
 def collate(encoded: list[Encoded]) -> dict:
@@ -83,15 +107,16 @@ def collate(encoded: list[Encoded]) -> dict:
 
 def sft_batch(encoded: list[Encoded]) -> dict:
     batch = collate(encoded)
-    batch["weight"] = int(batch["loss_mask"].sum().item())
+    batch["n_items"] = int(batch["loss_mask"].sum().item())  # the loss sums over response tokens
     return batch
 
 
-def dpo_batch(pairs: list[tuple[Encoded, Encoded]], ref: torch.Tensor) -> dict:
-    """B pairs -> one (2B, T) batch: chosen rows, then rejected rows, with their reference log-probs (B, 2)."""
-    batch = collate([c for c, _ in pairs] + [r for _, r in pairs])
-    batch["ref_chosen"], batch["ref_rejected"] = ref[:, 0].clone(), ref[:, 1].clone()
-    batch["weight"] = len(pairs)
+def dpo_batch(pairs: list[Pair]) -> dict:
+    """B pairs -> one (2B, T) batch: chosen rows, then rejected rows, with their reference log-probs (B,)."""
+    batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs])
+    batch["ref_chosen"] = torch.tensor([p.ref_chosen for p in pairs], dtype=torch.float32)
+    batch["ref_rejected"] = torch.tensor([p.ref_rejected for p in pairs], dtype=torch.float32)
+    batch["n_items"] = len(pairs)  # the loss sums over pairs
     return batch
 
 
@@ -134,27 +159,26 @@ class BucketedBatches:
         return [self.make(order[j : j + self.batch_size]) for j in range(0, len(order), self.batch_size)]
 
 
-def steps_for(n_batches: int, micro_per_step: int, epochs: float, max_steps: int) -> int:
-    """Optimizer steps: `max_steps` when set, else enough for `epochs` passes over the batches."""
+def planned_steps(n_batches: int, grad_accum: int, epochs: float, max_steps: int) -> int:
+    """Optimizer steps: `max_steps` when set, else enough for `epochs` passes over the batches by every rank."""
     if max_steps:
         return max_steps
-    return max(1, math.ceil(epochs * n_batches / micro_per_step))
+    return max(1, math.ceil(epochs * n_batches / (grad_accum * dist_info()[1])))
 
 
 @torch.no_grad()
-def pair_logps(model: nn.Module, pairs: list[tuple[Encoded, Encoded]], batch_size: int,
-                    device: torch.device) -> torch.Tensor:
+def pair_logps(model: nn.Module, pairs: list[Pair], batch_size: int, device: torch.device) -> torch.Tensor:
     """Summed response log-probs of every pair under `model`: (N, 2) [chosen, rejected].
 
     DPO calls it once with the frozen SFT model (the reference); evaluation calls it for every checkpoint.
     """
     model.eval().to(device)
     out = torch.zeros(len(pairs), 2)
-    order = sorted(range(len(pairs)), key=lambda i: max(len(pairs[i][0].ids), len(pairs[i][1].ids)))
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
     with autocast_for(device):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            batch = collate([pairs[i][0] for i in idx] + [pairs[i][1] for i in idx])
+            batch = collate([pairs[i].chosen for i in idx] + [pairs[i].rejected for i in idx])
             logits = model(batch["input_ids"].to(device))
             logps = sequence_logps(logits, batch["targets"].to(device), batch["loss_mask"].to(device)).float().cpu()
             out[idx, 0], out[idx, 1] = logps[: len(idx)], logps[len(idx) :]

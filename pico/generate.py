@@ -15,7 +15,13 @@ from pico.checks import check_story, failed_checks
 from pico.config import SPLITS, GenerateConfig
 from pico.prompt import build_prompt
 from pico.spec import Spec, sample_specs
-from pico.stories import BROKEN_CHECK, PAIR_KIND_EASY, PAIR_KINDS_HARD, horror_story, wholesome_story
+from pico.stories import (
+    BROKEN_CHECK,
+    PAIR_KIND_EASY,
+    PAIR_KINDS_HARD,
+    horror_story,
+    wholesome_story,
+)
 from pico.teacher import TeacherClient
 from pico.tinystories import summarize
 from pico.tokenizer import Tokenizer
@@ -176,3 +182,36 @@ def dataset_stats(rows: list[dict], tok: Tokenizer | None) -> dict:
         if tok is not None:
             stats[f"{name}_tokens"] = summarize([len(ids) for ids in tok.encode_batch(texts)])
     return stats
+
+
+def generate_metrics(cfg: GenerateConfig, result: Generated, tok: Tokenizer | None,
+                     client: TeacherClient | None) -> dict:
+    """metrics/generate.json: per dataset and split, row counts and length stats (and DPO pair kinds)."""
+    metrics: dict = {}
+    for dataset in DATASETS:
+        metrics[dataset] = {}
+        for split in SPLITS:
+            rows = result.rows[(dataset, split)]
+            metrics[dataset][split] = dataset_stats(rows, tok)
+            if dataset == "dpo":
+                metrics[dataset][split]["pair_kinds"] = dict(sorted(Counter(r["pair_kind"] for r in rows).items()))
+    metrics["dropped"] = dict(sorted(result.dropped.items()))
+    metrics["regenerated"] = result.regenerated
+    if client is not None:
+        metrics["teacher"] = dict(sorted(client.stats.items()))
+    return metrics
+
+
+def dataset_card(cfg: GenerateConfig, result: Generated, digests: dict[str, str]) -> dict:
+    """data/dataset.json: why and how the data was made, row counts, and each file's sha256."""
+    return {
+        "purpose": cfg.purpose,
+        "description": cfg.description,
+        "provider": cfg.provider,
+        "teacher": {"base_url": cfg.teacher.base_url, "model": cfg.teacher.model,
+                    "temperature": cfg.teacher.temperature} if cfg.provider == "openai" else None,
+        "seed": cfg.seed,
+        "pair_difficulty": cfg.pair_difficulty,
+        "rows": {f"{d}/{s}": len(result.rows[(d, s)]) for d in DATASETS for s in SPLITS},
+        "sha256": digests,
+    }

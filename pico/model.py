@@ -15,7 +15,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pico.config import ModelConfig
-from pico.kernels import Linear
 
 
 # ----------------------------------------------------------------------------------------------- GPT
@@ -38,8 +37,8 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.n_head, self.layer = cfg.n_head, layer
-        self.qkv = Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
-        self.proj = Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None):
@@ -64,8 +63,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.fc = Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=False)
-        self.proj = Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=False)
+        self.fc = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
@@ -96,7 +95,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=False)
-        self.head = Linear(cfg.d_model, vocab_size, bias=False)
+        self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.head.weight = self.wte.weight  # weight tying
         self.apply(_init_weights)
         for name, p in self.named_parameters():
@@ -119,7 +118,7 @@ class GPT(nn.Module):
         """idx (B, T) -> logits (B, T, V), or (B, 1, V) with `last_only`.
 
         `return_hidden` returns the final hidden states (B, T, d) instead of logits, for a loss that applies
-        `self.head` itself (`losses.linear_masked_nll`, which never holds all logits at once).
+        `self.head` itself (`losses.head_nll`, which need never hold all logits at once).
 
         With a cache, idx holds the next T tokens of every row; `valid` (B, T) marks left padding on the
         first call. Without a cache this is the plain causal forward used in training.
@@ -182,7 +181,7 @@ class LSTMLM(nn.Module):
         self.lstm = nn.LSTM(cfg.d_model, cfg.d_model, num_layers=cfg.n_layer, batch_first=True,
                             dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=False)
-        self.head = Linear(cfg.d_model, vocab_size, bias=False)
+        self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.head.weight = self.wte.weight
         nn.init.normal_(self.wte.weight, mean=0.0, std=0.02)
 
@@ -222,12 +221,13 @@ class KGramMLP(nn.Module):
         layers: list[nn.Module] = []
         width = cfg.k * cfg.d_model
         for _ in range(cfg.n_layer):
-            layers += [Linear(width, cfg.mlp_ratio * cfg.d_model), nn.GELU(approximate="tanh"), nn.Dropout(cfg.dropout)]
+            layers += [nn.Linear(width, cfg.mlp_ratio * cfg.d_model), nn.GELU(approximate="tanh"),
+                       nn.Dropout(cfg.dropout)]
             width = cfg.mlp_ratio * cfg.d_model
-        layers.append(Linear(width, cfg.d_model))
+        layers.append(nn.Linear(width, cfg.d_model))
         self.mlp = nn.Sequential(*layers)
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=False)
-        self.head = Linear(cfg.d_model, vocab_size, bias=False)
+        self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.apply(_init_weights)
 
     def new_cache(self, batch_size: int, capacity: int, device=None, dtype=None) -> KGramCache:

@@ -14,14 +14,22 @@ import torch.nn as nn
 from pico.data import stable_seed
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
-    temperature: float = 0.8  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 0.95  # 1.0 = off
-    max_new_tokens: int = 320
-    no_repeat_ngram: int = 0  # forbid repeating any n-gram of this size; 0 = off
-    seed: int = 1337
+    """How to sample; `evaluate` builds it from its params section, `pico play` from its flags."""
+
+    temperature: float  # 0 = greedy
+    top_k: int  # 0 = off
+    top_p: float  # 1.0 = off
+    max_new_tokens: int
+    no_repeat_ngram: int  # forbid repeating any n-gram of this size; 0 = off
+    seed: int
+
+    @classmethod
+    def of(cls, cfg) -> "SamplingConfig":
+        """The sampling settings of an EvaluateConfig (the same for every checkpoint)."""
+        return cls(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                   no_repeat_ngram=cfg.no_repeat_ngram, seed=cfg.seed)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -57,7 +65,7 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generators: list[torc
 
 
 @torch.no_grad()
-def generate(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig, eos_id: int, *,
+def sample(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig, eos_id: int, *,
              batch_size: int = 16, use_cache: bool = True, device: torch.device | str = "cpu") -> list[list[int]]:
     """Continue each prompt; return the new ids of each (EOS excluded, generation stops there).
 

@@ -1,11 +1,11 @@
-"""What every stage script shares: error reporting, logging, curve files, resume fingerprints."""
+"""What every stage script shares: flags, error reporting, logging, curve files, file digests."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import io
-import json
 import logging
 import sys
 from pathlib import Path
@@ -57,31 +57,13 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def fingerprint(*parts: Any) -> str:
-    """Identity of a training run's inputs: a resume state is only reused when this matches."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def finish_training(*, model, model_cfg, tokenizer_hash: str, stage: str, result, metrics: dict, started: float,
-                    out: str | Path, metrics_path: str | Path, plots_dir: str | Path, resume: str | Path,
-                    train_columns: list[str], val_columns: list[str], parent: str | Path | None = None) -> dict:
-    """Write what every training stage writes, then drop its resume state.
-
-    The checkpoint records the reproducible metrics; timing goes only to the metrics file, under `speed`.
-    """
-    import time
-
-    from pico.checkpoint import save_checkpoint
-    from pico.io import write_json
-
-    save_checkpoint(out, model, model_cfg=model_cfg, tokenizer_hash=tokenizer_hash, stage=stage,
-                    step=result.steps_done, metrics=metrics, parent=file_digest(parent) if parent else "")
-    write_curve_csv(Path(plots_dir) / "train.csv", result.train_curve, train_columns)
-    write_curve_csv(Path(plots_dir) / "val.csv", result.val_curve, val_columns)
-    # timing varies run to run; everything outside `speed` is reproducible on CPU
-    metrics = {**metrics, "speed": {"tokens_per_s": round(result.tokens_per_s, 1),
-                                    "train_seconds": round(result.train_seconds, 2),
-                                    "wall_seconds": round(time.perf_counter() - started, 2)}}
-    write_json(metrics_path, metrics)
-    Path(resume).unlink(missing_ok=True)
-    return metrics
+def stage_args(doc: str, paths: list[str], argv: list[str] | None, resume: str | None = None) -> argparse.Namespace:
+    """Parse a stage's flags: the paths it reads and writes (required: dvc.yaml's `cmd` gives them), the params
+    file, and where a training stage keeps its resume state (not an output: deleted when the stage ends)."""
+    ap = argparse.ArgumentParser(description=doc)
+    for flag in paths:
+        ap.add_argument(f"--{flag}", required=True)
+    ap.add_argument("--params", default="params.yaml")
+    if resume:
+        ap.add_argument("--resume", default=resume, help="resume state of an interrupted run")
+    return ap.parse_args(argv)

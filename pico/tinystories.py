@@ -207,3 +207,45 @@ def split_stats(stories: list[str]) -> dict:
         "bytes": sum(len(s.encode("utf-8")) for s in stories),
         "chars": summarize([len(s) for s in stories]),
     }
+
+
+def read_shards(shards: list[Shard]) -> dict[str, list[str]]:
+    """Raw stories of every shard, by split ("train", "valid"); a leading BOM is not part of the first story."""
+    raw: dict[str, list[str]] = {"train": [], "valid": []}
+    for shard in shards:
+        text = shard.path.read_text(encoding="utf-8", errors="replace").removeprefix("\ufeff")
+        if not text.strip():
+            raise DataError(f"{shard.path}: file is empty")
+        raw[shard.split] += split_stories(text, str(shard.path))
+    return raw
+
+
+def prepare_corpus(shards: list[Shard], cfg) -> tuple[list[str], list[str], dict]:
+    """Cleaned, deduplicated (train, val) stories of the shards, and the prepare metrics. cfg: PrepareConfig."""
+    raw = read_shards(shards)
+    train, val, report = make_splits(
+        raw["train"], raw["valid"] or None, seed=cfg.seed, val_fraction=cfg.val_fraction,
+        max_stories=cfg.max_stories, max_val_stories=cfg.max_val_stories,
+        min_chars=cfg.min_chars, max_chars=cfg.max_chars,
+    )
+    metrics = {
+        "train": split_stats(train),
+        "val": split_stats(val),
+        "source": {"shards": len(shards), "raw_stories": sum(1 for v in raw.values() for s in v if s.strip()),
+                   "own_valid_split": bool(raw["valid"])},
+        "dropped": dict(sorted(report.dropped.items())),
+    }
+    return train, val, metrics
+
+
+def take_chars(stories: list[str], max_chars: int) -> list[str]:
+    """The first stories whose total length reaches `max_chars` (0 = all)."""
+    if not max_chars:
+        return stories
+    kept, total = [], 0
+    for story in stories:
+        if total >= max_chars:
+            break
+        kept.append(story)
+        total += len(story)
+    return kept

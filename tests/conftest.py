@@ -46,9 +46,7 @@ def tok(sample_stories):
 
 @pytest.fixture
 def tiny_model_cfg():
-    from pico.config import ModelConfig
-
-    return ModelConfig(type="transformer", d_model=32, n_layer=2, n_head=2, max_seq_len=512)
+    return config("model", type="transformer", d_model=32, n_layer=2, n_head=2, max_seq_len=512)
 
 
 @pytest.fixture
@@ -83,3 +81,17 @@ def repo_copy(built, tmp_path):
     from pipeline import clone_repo
 
     return clone_repo(built[0], tmp_path / "repo")
+
+
+def default_params():
+    """The repository's params.yaml, validated (the one source of values)."""
+    from pico.config import load_params
+
+    return load_params(REPO / "params.yaml")
+
+
+def config(section: str, **overrides):
+    """One section of the repository's params.yaml with some values replaced (validated again)."""
+    import dataclasses
+
+    return dataclasses.replace(getattr(default_params(), section), **overrides)

@@ -68,9 +68,18 @@ def dvc(repo: Path, *args: str, check: bool = True, timeout: float = 900,
     return run(repo, str(BIN / "dvc"), *args, check=check, timeout=timeout, extra_env=extra_env)
 
 
+def stage_cmd(repo: Path, name: str, python: str | None = None) -> list[str]:
+    """A stage's command line as dvc.yaml gives it (its paths), run with this venv's python (or `python`)."""
+    import shlex
+
+    cmd = shlex.split(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"][name]["cmd"])
+    assert cmd[0] == "python" and cmd[1] == f"stages/{name}.py", cmd
+    return [python or str(BIN / "python"), *cmd[1:]]
+
+
 def stage(repo: Path, name: str, *args: str, check: bool = False, extra_env: dict | None = None):
-    """Run one stage script directly (as DVC would, with the paths' defaults)."""
-    return run(repo, str(BIN / "python"), f"stages/{name}.py", *args, check=check, extra_env=extra_env)
+    """Run one stage script directly, with the paths dvc.yaml gives it."""
+    return run(repo, *stage_cmd(repo, name), *args, check=check, extra_env=extra_env)
 
 
 def ran_stages(proc: subprocess.CompletedProcess) -> list[str]:

@@ -20,9 +20,29 @@ def test_repo_params_are_valid(raw):
     assert p.pretrain.lr > 0
 
 
-def test_missing_sections_take_defaults():
-    p = parse_params({})
-    assert p.tokenizer.vocab_size == 4096
+def test_a_missing_section_or_key_is_an_error_naming_it(raw):
+    with pytest.raises(ParamsError, match="tokenizer: missing section"):
+        parse_params({k: v for k, v in raw.items() if k != "tokenizer"})
+    bad = copy.deepcopy(raw)
+    del bad["sft"]["lr"]
+    with pytest.raises(ParamsError, match=r"sft\.lr: missing \(peak learning rate\)"):
+        parse_params(bad)
+    bad = copy.deepcopy(raw)
+    del bad["generate"]["teacher"]["timeout_s"]
+    with pytest.raises(ParamsError, match=r"generate\.teacher\.timeout_s: missing"):
+        parse_params(bad)
+
+
+def test_no_hyperparameter_has_a_second_source_of_values():
+    """Every section field is a knob with help text and no default: params.yaml is the only source."""
+    import dataclasses
+
+    from pico.config import SECTIONS
+
+    for name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, f"{name}.{f.name}"
+            assert f.metadata.get("help"), f"{name}.{f.name} has no help line"
 
 
 @pytest.mark.parametrize(
@@ -42,6 +62,13 @@ def test_missing_sections_take_defaults():
         ("tokenizer", "vocab_size", 70000, "tokenizer.vocab_size"),
         ("prepare", "val_fraction", 1.5, "prepare.val_fraction"),
         ("prepare", "files", ["a"], "prepare.files"),
+        ("dpo", "beta", float("inf"), "dpo.beta"),
+        ("dpo", "beta", float("nan"), "dpo.beta"),
+        ("evaluate", "temperature", -0.5, "evaluate.temperature"),
+        ("generate", "seed", -1, "generate.seed"),
+        ("generate", "seed", 2**40, "generate.seed"),
+        ("pretrain", "batch_size", 10**9, "pretrain.batch_size"),
+        ("generate", "purpose", "Not A Slug", "generate.purpose"),
     ],
 )
 def test_bad_values_name_the_key(raw, section, key, value, needle):
@@ -83,3 +110,26 @@ def test_load_params_errors(tmp_path):
     bad.write_text("pretrain: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_duplicate_keys_and_bad_bytes_are_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    text = (REPO / "params.yaml").read_text()
+    path.write_text(text.replace("dpo:\n  seed: 1337\n", "dpo:\n  seed: 1337\n  beta: 0.5\n"))
+    with pytest.raises(ParamsError, match=r"beta: given twice in one mapping \(line \d+\)"):
+        load_params(path)
+    path.write_bytes(b"prepare:\n  source: \xff\xfe\n")
+    with pytest.raises(ParamsError, match="not UTF-8"):
+        load_params(path)
+
+
+def test_describe_lists_every_key_with_its_range_and_help():
+    from pico.config import SECTIONS
+    from pico.knobs import describe
+
+    rows = [r for name, cls in SECTIONS.items() for r in describe(cls, name)]
+    keys = [k for k, _, _ in rows]
+    assert "dpo.beta" in keys and "generate.teacher.timeout_s" in keys
+    beta = next(r for r in rows if r[0] == "dpo.beta")
+    assert "(0, 1000]" in beta[1] and "KL" in beta[2]
+    assert len(keys) == len(set(keys))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline import BIN, clone_repo, run, set_params, stage
+from pipeline import BIN, clone_repo, run, set_params, stage, stage_cmd
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +29,7 @@ def test_two_gloo_processes_match_one_process_with_accumulation(built, tmp_path,
 
     ddp = clone_repo(built[0], tmp_path / "ddp")
     set_params(ddp, {stage_name: {**section, "grad_accum": 1}})
-    run(ddp, str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", f"stages/{stage_name}.py")
+    run(ddp, str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", *stage_cmd(ddp, stage_name)[1:])
     a, b = _metrics(single, stage_name), _metrics(ddp, stage_name)
     assert a.keys() == b.keys()
     for key in a:

@@ -10,8 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pico.config import ModelConfig, TrainConfig
-from pico.finetune import BucketedBatches, collate, dpo_batch, encode_dpo_rows, encode_sft_rows, pair_logps, sft_batch
+from conftest import config
+from pico.finetune import (BucketedBatches, collate, dpo_batch, encode_dpo_rows, encode_sft_rows, pair_logps,
+                           sft_batch, with_reference)
 from pico.losses import dpo_batch_loss, lm_loss
 from pico.model import build_model
 from pico.prompt import encode_sft
@@ -53,7 +54,7 @@ def test_padded_batches_mask_padding_and_count_weight(tok):
             {"prompt": "Title: Something longer here\nStory:\n", "response": "The walls whispered all night long."}]
     encoded, report = encode_sft_rows(tok, rows, 64, "left")
     batch = sft_batch(encoded)
-    assert batch["weight"] == sum(e.n_loss_tokens for e in encoded)
+    assert batch["n_items"] == sum(e.n_loss_tokens for e in encoded)
     short = min(range(2), key=lambda i: len(encoded[i].ids))
     n = len(encoded[short].ids) - 1
     assert batch["loss_mask"][short, n:].sum() == 0  # padding never counts
@@ -93,14 +94,14 @@ def tiny_pairs(tok):
 
 def tiny_model(tok, seed=0):
     torch.manual_seed(seed)
-    return build_model(ModelConfig(d_model=32, n_layer=2, n_head=2, max_seq_len=64), tok.vocab_size)
+    return build_model(config("model", d_model=32, n_layer=2, n_head=2, max_seq_len=64), tok.vocab_size)
 
 
 def test_policy_equal_to_reference_gives_log2_and_zero_rewards(tok):
     pairs = tiny_pairs(tok)
     model = tiny_model(tok)
     ref = pair_logps(model, pairs, 3, torch.device("cpu"))
-    batch = dpo_batch(pairs, ref)
+    batch = dpo_batch(with_reference(pairs, ref))
     loss_sum, stats = dpo_batch_loss(model.eval(), batch, beta=0.1)
     assert loss_sum.item() / len(pairs) == pytest.approx(math.log(2), abs=1e-5)
     assert stats["rewards/margins"].item() == pytest.approx(0.0, abs=1e-4)
@@ -110,7 +111,7 @@ def test_reference_logps_match_a_direct_computation(tok):
     pairs = tiny_pairs(tok)
     model = tiny_model(tok).eval()
     ref = pair_logps(model, pairs, 3, torch.device("cpu"))
-    chosen = pairs[2][0]
+    chosen = pairs[2].chosen
     logits = model(torch.tensor([chosen.ids[:-1]]))
     logp = torch.log_softmax(logits, -1)[0, torch.arange(len(chosen.ids) - 1), torch.tensor(chosen.ids[1:])]
     assert ref[2, 0].item() == pytest.approx(logp[chosen.loss_start - 1:].sum().item(), abs=1e-4)
@@ -119,13 +120,14 @@ def test_reference_logps_match_a_direct_computation(tok):
 def test_a_few_dpo_steps_raise_reward_accuracy(tok):
     pairs = tiny_pairs(tok)
     model = tiny_model(tok)
-    ref = pair_logps(model, pairs, 4, torch.device("cpu"))
-    batches = BucketedBatches([len(c.ids) for c, _ in pairs], 4, 0, lambda idx: dpo_batch([pairs[i] for i in idx], ref[idx]))
+    pairs = with_reference(pairs, pair_logps(model, pairs, 4, torch.device("cpu")))
+    batches = BucketedBatches([p.length for p in pairs], 4, 0, lambda idx: dpo_batch([pairs[i] for i in idx]))
     loss_fn = functools.partial(dpo_batch_loss, beta=0.5)
     all_pairs = batches.all_in_order()
     before = evaluate_loss(model, all_pairs, loss_fn, torch.device("cpu"))
-    cfg = TrainConfig(seed=0, device="cpu", lr=3e-3, warmup_steps=0, eval_every=100, save_every=100)
-    train(model, cfg, total_steps=12, get_batch=lambda s, m: batches.micro(s), loss_fn=loss_fn)
+    cfg = config("dpo", seed=0, device="cpu", lr=3e-3, warmup_steps=0, eval_every=100, save_every=100,
+                 batch_size=4, grad_accum=1, grad_clip=1.0, weight_decay=0.0, min_lr_ratio=0.1)
+    train(model, cfg, total_steps=12, get_batch=batches.micro, loss_fn=loss_fn)
     after = evaluate_loss(model, all_pairs, loss_fn, torch.device("cpu"))
     assert before["val_rewards/accuracies"] <= 0.75
     assert after["val_rewards/accuracies"] == 1.0
@@ -139,7 +141,8 @@ def test_sft_steps_lower_the_response_loss(tok):
     encoded, _ = encode_sft_rows(tok, rows, 64, "left")
     model = tiny_model(tok)
     batch = sft_batch(encoded)
-    before = lm_loss(model, batch)[0].item() / batch["weight"]
-    cfg = TrainConfig(seed=0, device="cpu", lr=3e-3, warmup_steps=0, eval_every=100, save_every=100)
-    train(model, cfg, total_steps=20, get_batch=lambda s, m: batch, loss_fn=lm_loss)
-    assert lm_loss(model, batch)[0].item() / batch["weight"] < before - 1.0
+    before = lm_loss(model, batch)[0].item() / batch["n_items"]
+    cfg = config("sft", seed=0, device="cpu", lr=3e-3, warmup_steps=0, eval_every=100, save_every=100,
+                 grad_accum=1, grad_clip=1.0, weight_decay=0.0, min_lr_ratio=0.1)
+    train(model, cfg, total_steps=20, get_batch=lambda k: batch, loss_fn=lm_loss)
+    assert lm_loss(model, batch)[0].item() / batch["n_items"] < before - 1.0

@@ -23,13 +23,13 @@ from pico.spec import FIELDS, TABOOS, TWISTS, VALUES, Spec, n_distinct_specs, sa
 from pico.stories import BROKEN_CHECK, PAIR_KINDS_HARD
 from pico.teacher import TeacherClient, TeacherError, api_key_from_env
 
-from conftest import REPO
+from conftest import REPO, config
 
 SMALL = {"train": 6, "valid": 2, "test": 2}
 
 
 def small_cfg(**kw) -> GenerateConfig:
-    return GenerateConfig(**{"sft_splits": SMALL, "dpo_splits": SMALL, **kw})
+    return config("generate", **{"sft_splits": SMALL, "dpo_splits": SMALL, **kw})
 
 
 # ----------------------------------------------------------------------------------------------- format
@@ -81,7 +81,7 @@ def test_template_rows_are_deterministic_and_seed_dependent():
 
 
 def test_no_spec_is_shared_across_splits_or_datasets():
-    parts = assign_specs(GenerateConfig())
+    parts = assign_specs(config("generate"))
     seen: dict[Spec, tuple] = {}
     for key, specs in parts.items():
         for spec in specs:
@@ -122,14 +122,14 @@ def test_easy_pairs_reject_a_wholesome_story():
 
 
 def test_mix_ratio_gives_both_kinds():
-    cfg = GenerateConfig(dpo_splits={"train": 200, "valid": 1, "test": 1}, sft_splits=SMALL, pair_difficulty=0.5)
+    cfg = config("generate", dpo_splits={"train": 200, "valid": 1, "test": 1}, sft_splits=SMALL, pair_difficulty=0.5)
     kinds = [r["pair_kind"] for r in generate_rows(cfg).rows[("dpo", "train")]]
     n_hard = sum(k != "wholesome" for k in kinds)
     assert 70 < n_hard < 130
 
 
 def test_articles_and_pronouns_read_right():
-    rows = generate_rows(GenerateConfig(pair_difficulty=0.5)).rows
+    rows = generate_rows(config("generate", pair_difficulty=0.5)).rows
     texts = [r.get("response") or r["chosen"] + "\n" + r["rejected"] for rs in rows.values() for r in rs]
     for text in texts:
         assert not re.search(r"\b(the|a|an) (a|an|the)\b", text, re.IGNORECASE), text
@@ -148,7 +148,7 @@ def test_articles_and_pronouns_read_right():
 def test_too_many_rows_for_the_value_lists_is_a_params_error():
     n = n_distinct_specs()
     with pytest.raises(ParamsError, match="generate.splits"):
-        assign_specs(GenerateConfig(sft_splits={"train": n, "valid": 1, "test": 1}))
+        assign_specs(config("generate", sft_splits={"train": n, "valid": 1, "test": 1}))
 
 
 # ----------------------------------------------------------------------------------------------- teacher
@@ -167,8 +167,8 @@ def teacher():
 
 
 def teacher_cfg(server: FakeTeacher, **kw) -> GenerateConfig:
-    t = TeacherConfig(base_url=server.base_url, model="fake-1", concurrency=3, timeout_s=4.0, max_retries=4,
-                      max_attempts=3, backoff_s=0.0, **kw)
+    t = dataclasses.replace(config("generate").teacher, base_url=server.base_url, model="fake-1", concurrency=3,
+                            timeout_s=4.0, max_retries=4, max_attempts=3, backoff_s=0.0, **kw)
     return small_cfg(provider="openai", teacher=t, pair_difficulty=0.5)
 
 
@@ -235,8 +235,8 @@ def test_rejected_key_is_reported_without_the_key(teacher, tmp_path):
 
 def test_missing_key_and_malformed_cache(tmp_path):
     with pytest.raises(TeacherError, match="OPENAI_API_KEY"):
-        api_key_from_env({}, TeacherConfig())
-    client = TeacherClient(TeacherConfig(), tmp_path, "k")
+        api_key_from_env({}, config("generate").teacher)
+    client = TeacherClient(config("generate").teacher, tmp_path, "k")
     messages = [{"role": "user", "content": "hi"}]
     path = client.cache_path(client.request_body(messages, 0))
     path.parent.mkdir(parents=True)
@@ -249,7 +249,10 @@ def test_missing_key_and_malformed_cache(tmp_path):
 def run_stage(tmp_path, params: dict, env: dict | None = None) -> subprocess.CompletedProcess:
     import yaml
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    from pipeline import deep_update
+
+    full = deep_update(yaml.safe_load((REPO / "params.yaml").read_text()), params)  # the repo's, some replaced
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(full))
     cmd = [sys.executable, str(REPO / "stages/generate.py"), "--params", str(tmp_path / "params.yaml"),
            "--tokenizer", str(tmp_path / "none.json"), "--out-dir", str(tmp_path / "data"),
            "--cache-dir", str(tmp_path / "data/teacher_cache"), "--metrics", str(tmp_path / "metrics.json")]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pico.config import ModelConfig
+from conftest import config
 from pico.model import build_model, count_params
 
 V = 97
@@ -10,7 +10,7 @@ V = 97
 @pytest.mark.parametrize("kind", ["transformer", "lstm", "kgram_mlp"])
 def test_forward_shapes_and_causality(kind):
     torch.manual_seed(0)
-    cfg = ModelConfig(type=kind, d_model=32, n_layer=2, n_head=2, max_seq_len=32, k=4)
+    cfg = config("model", type=kind, d_model=32, n_layer=2, n_head=2, max_seq_len=32, k=4)
     model = build_model(cfg, V).eval()
     idx = torch.randint(0, V, (3, 20))
     logits = model(idx)
@@ -23,7 +23,7 @@ def test_forward_shapes_and_causality(kind):
 @pytest.mark.parametrize("kind", ["transformer", "lstm", "kgram_mlp"])
 def test_incremental_decoding_matches_full_forward(kind):
     torch.manual_seed(0)
-    cfg = ModelConfig(type=kind, d_model=32, n_layer=2, n_head=2, max_seq_len=32, k=4)
+    cfg = config("model", type=kind, d_model=32, n_layer=2, n_head=2, max_seq_len=32, k=4)
     model = build_model(cfg, V).eval()
     idx = torch.randint(0, V, (2, 16))
     full = model(idx)
@@ -36,7 +36,7 @@ def test_incremental_decoding_matches_full_forward(kind):
 
 def test_left_padded_batch_matches_each_row_alone():
     torch.manual_seed(0)
-    cfg = ModelConfig(d_model=32, n_layer=2, n_head=2, max_seq_len=32)
+    cfg = config("model", d_model=32, n_layer=2, n_head=2, max_seq_len=32)
     model = build_model(cfg, V).eval()
     a, b = torch.randint(0, V, (1, 10)), torch.randint(0, V, (1, 6))
     pad = torch.zeros(1, 4, dtype=torch.long)
@@ -53,13 +53,13 @@ def test_left_padded_batch_matches_each_row_alone():
 
 
 def test_context_limit_is_enforced():
-    model = build_model(ModelConfig(d_model=32, n_layer=1, n_head=2, max_seq_len=16), V)
+    model = build_model(config("model", d_model=32, n_layer=1, n_head=2, max_seq_len=16), V)
     with pytest.raises(ValueError, match="exceeds the context"):
         model(torch.zeros(1, 17, dtype=torch.long))
 
 
 def test_weight_tying_and_param_count():
-    model = build_model(ModelConfig(d_model=32, n_layer=2, n_head=2, max_seq_len=16), V)
+    model = build_model(config("model", d_model=32, n_layer=2, n_head=2, max_seq_len=16), V)
     assert model.head.weight is model.wte.weight
     per_block = 4 * 32 * 32 + 2 * 4 * 32 * 32 + 2 * 32  # attn qkv+proj, mlp, two norms
     assert count_params(model) == V * 32 + 16 * 32 + 2 * per_block + 32

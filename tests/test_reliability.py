@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from pipeline import (BIN, TINY_PARAMS, clone_repo, deep_update, dvc, env, make_repo, ran_stages, read_params,
-                      set_params, stage, write_params)
+                      set_params, stage, stage_cmd, write_params)
 
 pytestmark = pytest.mark.e2e
 
@@ -173,7 +173,7 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(built, tmp_
     set_params(repo, KILL_PARAMS[stage_name])
     before = snapshot(repo, stage_name)
     resume = repo / f"checkpoints/resume/{stage_name}.pt"
-    proc = subprocess.Popen([str(BIN / "python"), f"stages/{stage_name}.py"], cwd=repo, env=env(),
+    proc = subprocess.Popen(stage_cmd(repo, stage_name), cwd=repo, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not resume.exists() and proc.poll() is None and time.time() < deadline:
@@ -253,7 +253,7 @@ def test_teacher_generation_killed_midway_resumes_from_its_cache(built, tmp_path
         set_params(repo, params)
         server.faults = ["slow"] * 10_000  # slow enough to kill midway
         server.slow_s = 0.05
-        proc = subprocess.Popen([str(BIN / "python"), "stages/generate.py"], cwd=repo, env=env(key),
+        proc = subprocess.Popen(stage_cmd(repo, "generate"), cwd=repo, env=env(key),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cache = repo / "data/teacher_cache"
         while len(list(cache.rglob("*.json"))) < total // 3 and proc.poll() is None:

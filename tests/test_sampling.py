@@ -1,11 +1,18 @@
+import dataclasses
+
 import pytest
 import torch
 
-from pico.config import ModelConfig
+from conftest import config
 from pico.model import build_model
-from pico.sampling import SamplingConfig, banned_by_ngram, filter_logits, generate
+from pico.sampling import SamplingConfig, banned_by_ngram, filter_logits, sample
 
 V = 50
+
+
+def sampling(**kw) -> SamplingConfig:
+    """The evaluation's sampling settings from params.yaml, some replaced."""
+    return dataclasses.replace(SamplingConfig.of(config("evaluate")), **kw)
 
 
 def test_top_p_keeps_the_smallest_set_with_enough_mass():
@@ -38,7 +45,7 @@ class Scripted(torch.nn.Module):
     def __init__(self, script):
         super().__init__()
         self.script = script
-        self.cfg = ModelConfig(max_seq_len=64)
+        self.cfg = config("model", max_seq_len=64)
         self.dummy = torch.nn.Parameter(torch.zeros(1))
 
     def new_cache(self, batch_size, capacity, device=None, dtype=None):
@@ -60,42 +67,42 @@ class Scripted(torch.nn.Module):
 
 def test_generation_stops_at_eos_and_never_returns_it():
     model = Scripted([7, 8, 9, 0, 5, 5])  # 0 is EOS here
-    out = generate(model, [[1, 2, 3]], SamplingConfig(temperature=0), eos_id=0)
+    out = sample(model, [[1, 2, 3]], sampling(temperature=0), eos_id=0)
     assert out == [[7, 8, 9]]
 
 
 def test_max_new_tokens_and_context_limit():
     model = Scripted([7] * 100)
-    assert len(generate(model, [[1, 2, 3]], SamplingConfig(temperature=0, max_new_tokens=5), eos_id=0)[0]) == 5
-    assert len(generate(model, [[1, 2, 3]], SamplingConfig(temperature=0, max_new_tokens=500), eos_id=0)[0]) == 61
+    assert len(sample(model, [[1, 2, 3]], sampling(temperature=0, max_new_tokens=5), eos_id=0)[0]) == 5
+    assert len(sample(model, [[1, 2, 3]], sampling(temperature=0, max_new_tokens=500), eos_id=0)[0]) == 61
     with pytest.raises(ValueError, match="context is 64"):
-        generate(model, [[1] * 64], SamplingConfig(), eos_id=0)
+        sample(model, [[1] * 64], sampling(), eos_id=0)
 
 
 def tiny(kind="transformer", seed=0):
     torch.manual_seed(seed)
-    return build_model(ModelConfig(type=kind, d_model=32, n_layer=2, n_head=2, max_seq_len=64, k=4), V)
+    return build_model(config("model", type=kind, d_model=32, n_layer=2, n_head=2, max_seq_len=64, k=4), V)
 
 
 @pytest.mark.parametrize("kind", ["transformer", "lstm", "kgram_mlp"])
 def test_kv_cache_output_equals_no_cache_output(kind):
     model = tiny(kind)
     prompts = [[1, 2, 3, 4, 5], [9, 8, 7], [4, 4, 4, 4, 4, 4, 4, 4], [3, 1, 4]]
-    for cfg in [SamplingConfig(temperature=0, max_new_tokens=20), SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=20)]:
-        cached = generate(model, prompts, cfg, eos_id=V - 1, use_cache=True)
-        plain = generate(model, prompts, cfg, eos_id=V - 1, use_cache=False)
+    for cfg in [sampling(temperature=0, max_new_tokens=20), sampling(temperature=1.0, top_p=0.9, max_new_tokens=20)]:
+        cached = sample(model, prompts, cfg, eos_id=V - 1, use_cache=True)
+        plain = sample(model, prompts, cfg, eos_id=V - 1, use_cache=False)
         assert cached == plain
 
 
 def test_seeded_sampling_is_reproducible_and_independent_of_batching():
     model = tiny()
     prompts = [[1, 2, 3], [5, 6, 7, 8], [9, 10]]
-    cfg = SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=15, seed=3)
-    together = generate(model, prompts, cfg, eos_id=V - 1, batch_size=8)
-    assert together == generate(model, prompts, cfg, eos_id=V - 1, batch_size=8)
-    one_by_one = generate(model, prompts, cfg, eos_id=V - 1, batch_size=1)
+    cfg = sampling(temperature=1.0, top_p=0.95, max_new_tokens=15, seed=3)
+    together = sample(model, prompts, cfg, eos_id=V - 1, batch_size=8)
+    assert together == sample(model, prompts, cfg, eos_id=V - 1, batch_size=8)
+    one_by_one = sample(model, prompts, cfg, eos_id=V - 1, batch_size=1)
     assert together == one_by_one
-    other_seed = generate(model, prompts, SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=15, seed=4),
+    other_seed = sample(model, prompts, sampling(temperature=1.0, top_p=0.95, max_new_tokens=15, seed=4),
                           eos_id=V - 1)
     assert other_seed != together
 
@@ -107,14 +114,14 @@ def test_sampling_follows_the_distribution():
 
     g = torch.Generator().manual_seed(0)
     for _ in range(3000):
-        counts[sample_next(logits, SamplingConfig(temperature=1.0, top_p=1.0), [g])] += 1
+        counts[sample_next(logits, sampling(temperature=1.0, top_p=1.0), [g])] += 1
     assert torch.allclose(counts / 3000, torch.tensor([0.6, 0.3, 0.1]), atol=0.03)
 
 
 def test_no_repeat_ngram_guard_in_generation():
     model = tiny()
-    cfg = SamplingConfig(temperature=0, max_new_tokens=40, no_repeat_ngram=2)
-    out = generate(model, [[1, 2, 3]], cfg, eos_id=V - 1)[0]
+    cfg = sampling(temperature=0, max_new_tokens=40, no_repeat_ngram=2)
+    out = sample(model, [[1, 2, 3]], cfg, eos_id=V - 1)[0]
     seq = [1, 2, 3] + out
     bigrams = list(zip(seq, seq[1:]))
     assert len(bigrams) == len(set(bigrams))

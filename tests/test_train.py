@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pico.config import ModelConfig, TrainConfig
+from conftest import config
 from pico.data import TokenWindows
 from pico.errors import TrainingError
 from pico.losses import lm_loss
@@ -19,12 +19,12 @@ def make_cfg(**kw):
     base = dict(seed=0, device="cpu", batch_size=4, grad_accum=1, lr=3e-3, warmup_steps=2, eval_every=5,
                 save_every=3, log_every=1, weight_decay=0.0)
     base.update(kw)
-    return TrainConfig(**base)
+    return config("pretrain", **base)
 
 
 def make_model(seed=0):
     torch.manual_seed(seed)
-    return build_model(ModelConfig(d_model=32, n_layer=2, n_head=2, max_seq_len=16), V)
+    return build_model(config("model", d_model=32, n_layer=2, n_head=2, max_seq_len=16), V)
 
 
 def windows(batch_size=4, seed=0):
@@ -47,9 +47,9 @@ def test_lr_schedule_warmup_then_cosine():
 
 def test_initial_loss_on_a_fixed_batch_is_pinned():
     model = make_model().eval()
-    batch = windows().train_batch(0, 0)
+    batch = windows().train_batch(0)
     loss_sum, _ = lm_loss(model, batch)
-    loss = loss_sum.item() / batch["weight"]
+    loss = loss_sum.item() / batch["n_items"]
     assert abs(loss - math.log(V)) < 0.05  # small init: close to uniform
     assert loss == pytest.approx(4.16935, abs=1e-4)  # pinned with torch 2.13.0 CPU
 
@@ -74,16 +74,14 @@ def test_training_changes_every_parameter_and_lowers_loss():
 def test_gradient_accumulation_matches_one_big_batch():
     w_big = windows(batch_size=4)
 
-    def big_batch(step, micro):
-        return w_big.train_batch(step, micro)
-
-    def two_halves(step, micro):  # the same 4 sequences, handed out 2 at a time
-        full = w_big.train_batch(step, 0)
+    def two_halves(k):  # the same 4 sequences, handed out 2 at a time (micro-batch k of step k // 2)
+        step, micro = divmod(k, 2)
+        full = w_big.train_batch(step)
         sl = slice(2 * micro, 2 * micro + 2)
-        return {**{k: v[sl] for k, v in full.items() if torch.is_tensor(v)}, "weight": 32, "tokens": 32}
+        return {**{k: v[sl] for k, v in full.items() if torch.is_tensor(v)}, "n_items": 32, "tokens": 32}
 
     a, b = make_model(), make_model()
-    train(a, make_cfg(batch_size=4), total_steps=5, get_batch=big_batch, loss_fn=lm_loss)
+    train(a, make_cfg(batch_size=4), total_steps=5, get_batch=w_big.train_batch, loss_fn=lm_loss)
     train(b, make_cfg(batch_size=2, grad_accum=2), total_steps=5, get_batch=two_halves, loss_fn=lm_loss)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.allclose(pa, pb, atol=1e-5), name
@@ -93,18 +91,18 @@ def test_masked_loss_accumulation_weights_by_tokens_not_micro_batches():
     """Micro-batches with different numbers of loss tokens still give the big-batch gradient."""
     w = windows(batch_size=4)
 
-    def masked(step, micro, rows):
-        full = w.train_batch(step, 0)
+    def masked(step, rows):
+        full = w.train_batch(step)
         mask = torch.zeros(4, 16)
         mask[0, :3] = 1
         mask[1:, :] = 1  # row 0 has 3 loss tokens, the others 16
         out = {"input_ids": full["input_ids"][rows], "targets": full["targets"][rows], "loss_mask": mask[rows]}
-        return {**out, "weight": int(mask[rows].sum()), "tokens": int(full["input_ids"][rows].numel())}
+        return {**out, "n_items": int(mask[rows].sum()), "tokens": int(full["input_ids"][rows].numel())}
 
     a, b = make_model(), make_model()
-    train(a, make_cfg(batch_size=4), total_steps=3, get_batch=lambda s, m: masked(s, m, slice(0, 4)), loss_fn=lm_loss)
+    train(a, make_cfg(batch_size=4), total_steps=3, get_batch=lambda k: masked(k, slice(0, 4)), loss_fn=lm_loss)
     train(b, make_cfg(batch_size=2, grad_accum=2), total_steps=3,
-          get_batch=lambda s, m: masked(s, m, slice(2 * m, 2 * m + 2)), loss_fn=lm_loss)
+          get_batch=lambda k: masked(k // 2, slice(2 * (k % 2), 2 * (k % 2) + 2)), loss_fn=lm_loss)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.allclose(pa, pb, atol=1e-5), name
 
@@ -121,11 +119,11 @@ def test_resume_continues_exactly(tmp_path):
 
     calls = {"n": 0}
 
-    def dying_batch(step, micro):
+    def dying_batch(k):
         calls["n"] += 1
-        if step == 10:
+        if k == 10:
             raise Killed()  # simulate a kill after the save at step 8
-        return w.train_batch(step, micro)
+        return w.train_batch(k)
 
     resume = tmp_path / "resume.pt"
     with pytest.raises(Killed):

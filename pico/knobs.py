@@ -1,0 +1,141 @@
+"""The machinery behind pico.config: a typed field with its range and help (`knob`), one loop that checks
+every field (`Section`), a YAML loader that refuses duplicate keys, and `describe` for `pico params`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import field, fields
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+
+from pico.errors import ParamsError
+
+
+def knob(help: str, range: str = "", pattern: str = "") -> Any:
+    """A params field: help line, range in interval notation ("(0, 1]") and/or a regex. No default."""
+    return field(metadata={"help": help, "range": range, "pattern": pattern})
+
+
+def in_range(value: float, interval: str) -> bool:
+    lo, hi = (float(x) for x in interval[1:-1].split(","))
+    return (lo <= value if interval[0] == "[" else lo < value) and (value <= hi if interval[-1] == "]" else value < hi)
+
+
+def _typed(value: Any, tp: Any, key: str) -> Any:
+    """`value` checked against the annotation `tp` (ints widened where a float is due)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise ParamsError(key, f"must be one of {', '.join(map(repr, args))} (got {value!r})")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _typed(value, option, key)
+            except ParamsError:
+                pass
+        raise ParamsError(key, f"must be {' or '.join(type_name(a) for a in args)} (got {value!r})")
+    if origin in (list, dict) and not isinstance(value, origin):
+        raise ParamsError(key, f"must be a {'list' if origin is list else 'mapping'} (got {value!r})")
+    if origin is list:
+        return [_typed(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        return {_typed(k, args[0], key): _typed(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return value if isinstance(value, tp) else build_section(tp, value, key)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ParamsError(key, f"must be {type_name(tp)} (got {value!r})")
+    if tp is float and not math.isfinite(value):
+        raise ParamsError(key, f"must be a finite number (got {value!r})")
+    return value
+
+
+def type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(map(repr, typing.get_args(tp)))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+class Section:
+    """Base of every section: each field's type, range and pattern, then the section's own `validate`."""
+
+    KEY: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            key, meta = f"{self.KEY}.{f.name}", f.metadata
+            value = _typed(getattr(self, f.name), hints[f.name], key)
+            object.__setattr__(self, f.name, value)
+            if meta["range"] and isinstance(value, (int, float)) and not in_range(value, meta["range"]):
+                raise ParamsError(key, f"must be in {meta['range']} (got {value!r})")
+            if meta["pattern"] and isinstance(value, str) and not re.fullmatch(meta["pattern"], value):
+                raise ParamsError(key, f"must match {meta['pattern']} (got {value!r})")
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks that involve several fields."""
+
+    def require(self, ok: bool, name: str, message: str) -> None:
+        if not ok:
+            raise ParamsError(f"{self.KEY}.{name}", message)
+
+
+def build_section(cls: type, raw: Any, key: str) -> Any:
+    """One section from its mapping: unknown and missing keys are errors that name them."""
+    if not isinstance(raw, dict):
+        raise ParamsError(key, f"must be a mapping of keys to values (got {raw!r})")
+    known = {f.name: f for f in fields(cls)}
+    for name in raw:
+        if name not in known:
+            raise ParamsError(f"{key}.{name}", f"unknown key (known keys: {', '.join(sorted(known))})")
+    for name, f in known.items():
+        if name not in raw:
+            raise ParamsError(f"{key}.{name}", f"missing ({f.metadata['help']})")
+    return cls(**raw)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        for i, (key_node, _) in enumerate(node.value):
+            if keys[i] in keys[:i]:
+                raise ParamsError(str(keys[i]), f"given twice in one mapping (line {key_node.start_mark.line + 1})")
+        return super().construct_mapping(node, deep=deep)
+
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file, with one-line errors naming it (missing, not UTF-8, not YAML, a key given twice)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(str(path), "file not found; run from the repository root or pass --params")
+    try:
+        return yaml.load(path.read_bytes().decode("utf-8"), Loader=_StrictLoader)
+    except UnicodeDecodeError as e:
+        raise ParamsError(str(path), f"is not UTF-8 text (byte {e.start})") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(str(path), f"is not valid YAML: {e}") from None
+
+
+def describe(cls: type, prefix: str) -> list[tuple[str, str, str]]:
+    """(key, type and range, help) of every field of a section, nested sections expanded."""
+    hints, rows = typing.get_type_hints(cls), []
+    for f in fields(cls):
+        key, tp, meta = f"{prefix}.{f.name}", hints[f.name], f.metadata
+        if dataclasses.is_dataclass(tp):
+            rows += describe(tp, key)
+        else:
+            rows.append((key, " ".join(x for x in (type_name(tp), meta["range"], meta["pattern"]) if x), meta["help"]))
+    return rows

@@ -1,0 +1,55 @@
+"""dvc.yaml declares, for each stage, exactly the pico modules its script imports (directly or not), so a
+code change reruns the stages it touches and no others."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+
+def module_file(module: str) -> Path | None:
+    base = REPO / module.replace(".", "/")
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pico":
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            out |= {".".join(parts[:i]) for i in range(2, len(parts) + 1) if parts[0] == "pico"}
+    return {m for m in out if module_file(m)}
+
+
+def pico_closure(script: Path) -> set[str]:
+    seen: set[str] = set()
+    todo = list(imported_modules(script))
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += imported_modules(module_file(module))
+    return {str(module_file(m).relative_to(REPO)) for m in seen}
+
+
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_stage_deps_are_exactly_the_code_it_runs(name):
+    declared = {d for d in STAGES[name]["deps"] if d.startswith("pico/")}
+    assert declared == pico_closure(REPO / "stages" / f"{name}.py"), name
+    assert f"stages/{name}.py" in STAGES[name]["deps"]
