@@ -28,6 +28,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from pico.spec import Spec
 
@@ -69,8 +70,26 @@ rule law warned warning told tell said say whispered wrote written read note sig
 understand realized realised saw see truth remembered learned meant promised explained
 """.split())
 
-CONTINUATION_OPENERS = ("then", "now", "but", "and", "so", "still", "later", "afterwards", "again",
-                        "that was when", "that night", "by then", "after that")
+# A first sentence that starts like this continues something that was never told.
+_OPENS_MID_STORY_RE = re.compile(
+    r"^(?:then|now|but|and|so|still|again|later|afterwards|eventually|finally|after that|that was when|that night|"
+    r"by then|by the time|at last|the next|the following|(?:hours|days|weeks|months|years|minutes) "
+    r"(?:passed|later|went by)|(?:on|by) the (?:second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|"
+    r"last|next))\b")
+# Tense markers of narration (outside quotes): a past-tense telling may end in the present ('She still hears
+# it'), but an aftermath in the present followed by more past-tense events is out of order.
+PRESENT_MARKERS = frozenset("is are am has does isn't aren't doesn't hasn't don't haven't".split())
+PAST_MARKERS = frozenset("""
+was were had did wasn't weren't didn't hadn't couldn't wouldn't could would said told went saw came took gave knew
+found felt heard thought made left got ran sat stood held began brought caught kept lost met paid put read sent set
+shook slept spoke spent stole struck swore swept swung taught threw understood woke wore won wrote drew drank drove
+ate fell fought flew forgot froze grew hid hung led let lay meant rang rose sang sank shut slid spun stuck stung tore
+became bent bit blew broke built bought chose clung crept dealt dug fed fled hurt knelt laid leapt lit rode sought
+shot shone shrank sprang strode wept wound
+""".split())
+SUBJECTS = frozenset("he she it they i we you nobody everyone someone something".split())
+NOT_VERBS_IN_S = frozenset("was has is its this his as us always sometimes perhaps afterwards towards besides less "
+                           "unless".split())
 CHARACTER_PRONOUNS = frozenset({"he", "she", "him", "her", "his", "hers", "himself", "herself"})
 NEGATIONS = frozenset({"not", "never", "no", "n't", "nobody", "nothing", "without", "didn't", "don't", "doesn't",
                        "wasn't", "couldn't", "can't", "won't", "isn't", "wouldn't", "hadn't"})
@@ -101,7 +120,9 @@ together learned lesson moral enjoyed excited beautiful kissed shared helped
 """.split())
 
 _WORD_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-_OBJECT_CORE_RE = re.compile(r"\s+(?:that|with|on|sealed|drawn|which|who|of|from|in|for)\s+.*$")
+# The object's core ends where a clause or a participle phrase starts: 'a ticket stamped with ...' -> 'ticket'.
+_OBJECT_CORE_RE = re.compile(r"\s+(?:(?:that|with|on|which|who|whose|sealed|drawn)\s|\w+(?:ed|en|wn|rn)\s+"
+                             r"(?:with|in|on|by|out|from|into|under|at|for)\b).*$")
 _FOLD_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'", "\u00ab": '"',
                               "\u00bb": '"'})
 _SENTENCE_END_RE = re.compile(r"[.!?]+[\"')\]]*\s+")
@@ -131,14 +152,12 @@ def content_words(text: str) -> list[str]:
     return [stem(w) for w in words(text) if w not in STOPWORDS and (len(w) > 1 or w.isdigit())]
 
 
-@lru_cache(maxsize=1)
-def _meta_stems() -> frozenset[str]:
-    return frozenset(stem(w) for w in META_WORDS)
+def _stems(lexicon: frozenset[str]) -> frozenset[str]:
+    return frozenset(stem(w) for w in lexicon)
 
 
-@lru_cache(maxsize=1)
-def _announcing_stems() -> frozenset[str]:
-    return frozenset(stem(w) for w in ANNOUNCING_WORDS)
+META_STEMS = _stems(META_WORDS)
+ANNOUNCING_STEMS = _stems(ANNOUNCING_WORDS)
 
 
 # ----------------------------------------------------------------------------------------------- text units
@@ -146,30 +165,31 @@ def paragraphs(text: str) -> list[str]:
     return [p.strip() for p in re.split(r"\n+", text.strip()) if p.strip()]
 
 
-def sentences(text: str) -> list[str]:
-    """Sentences of a text, paragraph by paragraph. A stop followed by a capital (or quote or digit) ends one,
-    except after a title such as 'Mr.' ('Mr. Hale said')."""
-    out = []
-    for para in paragraphs(text):
-        start = 0
-        for m in _SENTENCE_END_RE.finditer(para):
-            nxt = para[m.end(): m.end() + 1]
-            if not (nxt.isupper() or nxt.isdigit() or nxt in "\"'(\u201c\u2018"):
-                continue
-            last_word = para[start: m.start()].rsplit(None, 1)[-1].lower() if para[start: m.start()].strip() else ""
-            if last_word in _TITLES:
-                continue
-            out.append(para[start: m.end()].strip())
-            start = m.end()
-        if para[start:].strip():
-            out.append(para[start:].strip())
+def _paragraph_sentences(para: str) -> list[str]:
+    out, start = [], 0
+    for m in _SENTENCE_END_RE.finditer(para):
+        nxt = para[m.end(): m.end() + 1]
+        if not (nxt.isupper() or nxt.isdigit() or nxt in "\"'(\u201c\u2018"):
+            continue  # '2 a.m. on the dot' or '"Wait," she said' goes on
+        before = para[start: m.start()].split()
+        if before and before[-1].lower() in _TITLES:
+            continue  # 'Mr. Hale'
+        out.append(para[start: m.end()].strip())
+        start = m.end()
+    if para[start:].strip():
+        out.append(para[start:].strip())
     return out
 
 
-def _is_pure_speech(sentence: str, open_quote: bool) -> tuple[bool, bool]:
+def sentences(text: str) -> list[str]:
+    """Sentences, paragraph by paragraph: a stop followed by a capital, quote or digit ends one, except after a
+    title such as 'Mr.'."""
+    return [s for para in paragraphs(text) for s in _paragraph_sentences(para)]
+
+
+def _speech_only(sentence: str, open_quote: bool) -> tuple[bool, bool]:
     """Whether every word of the sentence is inside a quotation, and whether a quotation is open after it."""
-    outside = False
-    in_quote = open_quote
+    outside, in_quote = False, open_quote
     for ch in sentence.translate(_FOLD_QUOTES):
         if ch == '"':
             in_quote = not in_quote
@@ -179,16 +199,16 @@ def _is_pure_speech(sentence: str, open_quote: bool) -> tuple[bool, bool]:
 
 
 def units(paragraph: str) -> list[str]:
-    """Sentences of a paragraph with speech joined to its attribution, so a quoted line is part of a sentence:
-    '"One rule," Agnes said. "Never answer."' is one unit, and so is '"Never answer." Agnes said.'"""
+    """The sentences of a paragraph with speech joined to its attribution, so a quoted line is part of a sentence:
+    '"One rule," Agnes said. "Never answer."' is one unit, and so is '"Never answer." Agnes said it twice.'"""
     out: list[str] = []
-    pending: list[str] = []  # speech waiting for an attribution after it
+    pending: list[str] = []  # speech waiting for the attribution after it
     open_quote = False
-    for s in sentences(paragraph):
-        pure, open_quote = _is_pure_speech(s, open_quote)
-        if pure:
-            if out and '"' in out[-1].translate(_FOLD_QUOTES) and not pending:
-                out[-1] = f"{out[-1]} {s}"
+    for s in _paragraph_sentences(paragraph):
+        speech, open_quote = _speech_only(s, open_quote)
+        if speech:
+            if out and not pending and '"' in out[-1].translate(_FOLD_QUOTES):
+                out[-1] = f"{out[-1]} {s}"  # the same speaker goes on
             else:
                 pending.append(s)
             continue
@@ -199,9 +219,35 @@ def units(paragraph: str) -> list[str]:
     return out
 
 
-def story_units(text: str) -> list[tuple[int, str]]:
-    """(paragraph index, unit) for every unit of the story, in order."""
-    return [(i, u) for i, p in enumerate(paragraphs(text)) for u in units(p)]
+@dataclass(frozen=True)
+class Unit:
+    """One sentence (with its speech) of a story, and its words."""
+
+    paragraph: int
+    text: str
+    words: tuple[str, ...]
+    content: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Story:
+    """A story read once: its paragraphs, sentences and units, so every check works on the same reading."""
+
+    text: str
+    paragraphs: tuple[str, ...]
+    sentences: tuple[str, ...]
+    units: tuple[Unit, ...]
+
+    @property
+    def content(self) -> list[str]:
+        return content_words(self.text)
+
+
+def read_story(text: str) -> Story:
+    paras = paragraphs(text)
+    all_units = tuple(Unit(i, u, tuple(words(u)), frozenset(content_words(u)))
+                      for i, p in enumerate(paras) for u in units(p))
+    return Story(text, tuple(paras), tuple(s for p in paras for s in _paragraph_sentences(p)), all_units)
 
 
 # ----------------------------------------------------------------------------------------------- spec words
@@ -213,48 +259,47 @@ def object_core(obj: str) -> str:
 
 @dataclass(frozen=True)
 class SpecWords:
-    """The content words of each field, computed once per spec."""
+    """The content words of each field of a spec, and of the object's core."""
 
     fields: dict[str, frozenset[str]]
     all: frozenset[str]
     object_core: tuple[str, ...]
-    character_words: frozenset[str]
+    characters: frozenset[str]
 
 
 def spec_words(spec: Spec) -> SpecWords:
     fields = {name: frozenset(content_words(value)) for name, value in spec.to_dict().items()}
-    every = frozenset().union(*fields.values())
-    characters = fields["protagonist"] | fields["supporting"]
-    return SpecWords(fields, every, tuple(content_words(object_core(spec.object))), characters)
+    core = tuple(dict.fromkeys(content_words(object_core(spec.object))))
+    return SpecWords(fields, frozenset().union(*fields.values()), core, fields["protagonist"] | fields["supporting"])
 
 
-# ----------------------------------------------------------------------------------------------- stated phrases
-def coverage(wanted: set[str], unit: str) -> float:
-    return len(wanted & set(content_words(unit))) / len(wanted) if wanted else 1.0
+def _holds(unit: Unit, field_words: frozenset[str]) -> bool:
+    """Whether a unit holds at least half of a field's words."""
+    return bool(field_words) and 2 * len(field_words & unit.content) >= len(field_words)
 
 
-def fields_in(unit: str, sw: SpecWords) -> set[str]:
-    """The words of the fields a unit holds: the names and object always, and every other field of which it
+def fields_in(unit: Unit, sw: SpecWords) -> set[str]:
+    """The words of the fields a unit holds: the names and the object always, and every other field of which it
     holds at least half (an isolated common word such as 'one' or 'night' does not bring its field in)."""
-    found = set(content_words(unit))
-    held = set(sw.character_words) | set(sw.object_core)
-    for name, field_words in sw.fields.items():
-        if field_words and 2 * len(field_words & found) >= len(field_words):
+    held = set(sw.characters) | set(sw.object_core)
+    for field_words in sw.fields.values():
+        if _holds(unit, field_words):
             held |= field_words
     return held
 
 
-def own_words(unit: str, sw: SpecWords) -> set[str]:
-    """Content words of the unit that belong to no field it holds and do not talk about the task."""
-    held = fields_in(unit, sw)
-    return {w for w in content_words(unit) if w not in held and w not in _meta_stems()}
+def own_words(unit: Unit, sw: SpecWords) -> set[str]:
+    """Content words of a unit that belong to no field it holds and do not talk about the task."""
+    return set(unit.content) - fields_in(unit, sw) - META_STEMS
 
 
-def announces(unit: str, sw: SpecWords) -> bool:
-    """Whether a unit introduces what follows it: it has words of its own, one of them a speech/knowledge word."""
-    return bool(own_words(unit, sw)) and bool(set(content_words(unit)) & _announcing_stems())
+def announces(unit: Unit, sw: SpecWords) -> bool:
+    """Whether a unit introduces a statement next to it: words of its own, one of them a speech, rule or
+    knowledge word ('Agnes had one rule.', 'Then she understood.', 'That was what Agnes told her.')."""
+    return bool(own_words(unit, sw)) and bool(unit.content & ANNOUNCING_STEMS)
 
 
+# ----------------------------------------------------------------------------------------------- stated phrases
 def _wanted(phrase: str, exclude: set[str]) -> tuple[set[str], float]:
     """The words a statement of `phrase` must hold, and the share of them it must hold."""
     wanted = set(content_words(phrase))
@@ -264,67 +309,79 @@ def _wanted(phrase: str, exclude: set[str]) -> tuple[set[str], float]:
     return wanted, 1.0  # too few words of its own: every word of the phrase must be there
 
 
-def stating_unit(phrase: str, text: str, sw: SpecWords, exclude: set[str], *, last: bool = False) -> int | None:
-    """Index (in `story_units`) of the first (or last) unit that states `phrase`, or None.
+def _is_statement(story: Story, k: int, phrase_words: set[str], sw: SpecWords) -> bool:
+    """Whether unit k is a sentence of the story rather than a label or a stuffed fragment: it has words of its
+    own (or a unit next to it in the same paragraph announces it), and at most a few other-field words per word
+    of its own."""
+    unit = story.units[k]
+    own = own_words(unit, sw) - phrase_words
+    if not own:
+        for j in (k - 1, k + 1):
+            if 0 <= j < len(story.units) and story.units[j].paragraph == unit.paragraph \
+                    and announces(story.units[j], sw):
+                own = own_words(story.units[j], sw) - phrase_words
+                break
+    other = (unit.content & fields_in(unit, sw)) - phrase_words
+    return bool(own) and len(other) <= MAX_FIELD_WORDS_PER_OWN_WORD * len(own)
 
-    A unit states the phrase when it holds enough of the phrase's distinctive words (those not in `exclude`,
-    the words of other fields such as the object or the names, so naming the object does not make the
-    taboo look stated), and when it is a sentence of the story: it has words of its own (or the unit
-    right before it, in the same paragraph, announces it), and no more than a few other-field words per
-    word of its own, so a fragment stuffed among field words does not count.
-    """
+
+def stating_units(phrase: str, story: Story, sw: SpecWords, exclude: set[str]) -> list[int]:
+    """Indexes of the units that state `phrase`: they hold enough of its distinctive words (those not in
+    `exclude`, the words of other fields such as the object or the names, so naming the object does not make the
+    taboo look stated) and they are sentences of the story (`_is_statement`)."""
     wanted, threshold = _wanted(phrase, exclude)
     if not wanted:
-        return None
+        return []
     phrase_words = set(content_words(phrase))
-    found = None
-    all_units = story_units(text)
-    for k, (para, unit) in enumerate(all_units):
-        if coverage(wanted, unit) < threshold:
-            continue
-        own = own_words(unit, sw) - phrase_words
-        if not own and k > 0 and all_units[k - 1][0] == para and announces(all_units[k - 1][1], sw):
-            own = own_words(all_units[k - 1][1], sw)
-        other = (set(content_words(unit)) & fields_in(unit, sw)) - phrase_words
-        if own and len(other) <= MAX_FIELD_WORDS_PER_OWN_WORD * len(own):
-            found = k
-            if not last:
-                return k
-    return found
+    return [k for k, u in enumerate(story.units)
+            if len(wanted & u.content) >= threshold * len(wanted) and _is_statement(story, k, phrase_words, sw)]
 
 
-def _taboo_exclude(sw: SpecWords) -> set[str]:
-    return set(sw.object_core) | sw.fields["setting"] | sw.character_words
+def taboo_units(story: Story, spec: Spec, sw: SpecWords) -> list[int]:
+    return stating_units(spec.taboo, story, sw, set(sw.object_core) | sw.fields["setting"] | sw.characters)
 
 
-def _twist_exclude(sw: SpecWords) -> set[str]:
-    return _taboo_exclude(sw) | sw.fields["taboo"]
+def twist_units(story: Story, spec: Spec, sw: SpecWords) -> list[int]:
+    exclude = set(sw.object_core) | sw.fields["setting"] | sw.characters | sw.fields["taboo"]
+    return stating_units(spec.twist, story, sw, exclude)
 
 
 # ----------------------------------------------------------------------------------------------- the checks
-def check_paragraph_count(text: str) -> bool:
-    paras = paragraphs(text)
-    return MIN_PARAGRAPHS <= len(paras) <= MAX_PARAGRAPHS and all(len(words(p)) >= MIN_PARAGRAPH_WORDS for p in paras)
+# Each returns the problems it finds; a check passes when there are none.
+def paragraph_problems(story: Story) -> list[str]:
+    n = len(story.paragraphs)
+    problems = [] if MIN_PARAGRAPHS <= n <= MAX_PARAGRAPHS else [f"{n} paragraphs"]
+    if any(len(words(p)) < MIN_PARAGRAPH_WORDS for p in story.paragraphs):
+        problems.append(f"a paragraph of fewer than {MIN_PARAGRAPH_WORDS} words")
+    return problems
 
 
-def check_protagonist_named(text: str, spec: Spec) -> bool:
-    return bool(spec.protagonist.strip()) and re.search(rf"(?<!\w){re.escape(spec.protagonist.strip())}(?!\w)", text) is not None
+def _names(text: str, name: str) -> bool:
+    name = name.strip()
+    return bool(name) and re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text) is not None
 
 
-def check_object_used(text: str, sw: SpecWords) -> bool:
-    """One sentence holds the object's head noun and at least half of its other core words."""
+def protagonist_problems(story: Story, spec: Spec) -> list[str]:
+    return [] if _names(story.text, spec.protagonist) else [f"{spec.protagonist!r} never named"]
+
+
+def object_problems(story: Story, sw: SpecWords) -> list[str]:
+    """One unit holds the object's head noun and at least half of its other core words."""
     if not sw.object_core:
-        return False
-    head, modifiers = sw.object_core[-1], set(sw.object_core[:-1]) - {sw.object_core[-1]}
-    for s in sentences(text):
-        found = set(content_words(s))
-        if head in found and 2 * len(modifiers & found) >= len(modifiers):
-            return True
-    return False
+        return ["the object has no words"]
+    head, modifiers = sw.object_core[-1], set(sw.object_core[:-1])
+    for u in story.units:
+        if head in u.content and 2 * len(modifiers & u.content) >= len(modifiers):
+            return []
+    return [f"no sentence names the {' '.join(sw.object_core)}"]
 
 
-def _cues(tokens: list[str], lexicon: frozenset[str]) -> list[str]:
-    return [t for t in tokens if t in lexicon]
+def taboo_problems(story: Story, spec: Spec, sw: SpecWords) -> list[str]:
+    return [] if taboo_units(story, spec, sw) else ["no sentence of the story states the taboo"]
+
+
+def twist_problems(story: Story, spec: Spec, sw: SpecWords) -> list[str]:
+    return [] if twist_units(story, spec, sw) else ["no sentence of the story states the twist"]
 
 
 def _happy_cues(tokens: list[str]) -> list[str]:
@@ -332,57 +389,58 @@ def _happy_cues(tokens: list[str]) -> list[str]:
     return [t for i, t in enumerate(tokens) if t in HAPPY_CUES and not NEGATIONS & set(tokens[max(0, i - 3): i])]
 
 
-def ending_cues(paragraph: str) -> tuple[dict[str, set[str]], int]:
-    """The dread cues of a paragraph by kind (distinct words), and its count of happy cues."""
-    toks = words(paragraph)
-    kinds = {"presence": set(_cues(toks, PRESENCE_CUES)), "persistence": set(_cues(toks, PERSISTENCE_CUES)),
-             "loss": set(_cues(toks, LOSS_CUES))}
+def ending_cues(text: str) -> tuple[dict[str, set[str]], int]:
+    """The dread cues of a text by kind (distinct words), and its number of happy cues."""
+    toks = words(text)
+    kinds = {"presence": PRESENCE_CUES & set(toks), "persistence": PERSISTENCE_CUES & set(toks),
+             "loss": LOSS_CUES & set(toks)}
     return kinds, len(_happy_cues(toks))
 
 
-def check_unsettling_ending(text: str) -> bool:
-    paras = paragraphs(text)
-    if not paras:
-        return False
-    kinds, happy = ending_cues(paras[-1])
-    n_dread = sum(len(v) for v in kinds.values())
-    last_sentence = (sentences(paras[-1]) or [""])[-1]
-    last_kinds, last_happy = ending_cues(last_sentence)
+def ending_problems(story: Story) -> list[str]:
+    """Judged on the last paragraph as a whole, and on its last sentence, where the story lands."""
+    if not story.paragraphs:
+        return ["no ending"]
+    kinds, happy = ending_cues(story.paragraphs[-1])
+    dread = sum(len(v) for v in kinds.values())
+    last_kinds, last_happy = ending_cues(story.sentences[-1])
     last_dread = sum(len(v) for v in last_kinds.values())
-    varied = sum(bool(v) for v in kinds.values()) >= 2 or n_dread >= 3  # not one common word
-    return varied and n_dread >= 2 and n_dread > happy and last_dread >= 1 and last_happy < last_dread
+    problems = []
+    if dread < 2 or (sum(bool(v) for v in kinds.values()) < 2 and dread < 3):
+        problems.append("too few cues of dread in the last paragraph")  # one common word is not an ending
+    if happy >= dread:
+        problems.append("the last paragraph is happy")
+    if not last_dread or last_happy >= last_dread:
+        problems.append("the last sentence does not land on dread")
+    return problems
 
 
-def check_fluent(text: str) -> bool:
+def fluency_problems(story: Story) -> list[str]:
     from pico.fluency import default_model
 
+    n_words = len(words(story.text))
+    if n_words < MIN_STORY_WORDS or len(story.sentences) < MIN_STORY_SENTENCES:
+        return [f"too short for a story ({n_words} words, {len(story.sentences)} sentences)"]
     model = default_model()
-    if len(words(text)) < MIN_STORY_WORDS or len(sentences(text)) < MIN_STORY_SENTENCES:
-        return False
-    if model.score(text) < MIN_STORY_FLUENCY:
-        return False
-    for para in paragraphs(text):
+    problems = []
+    score = model.score(story.text)
+    if score < MIN_STORY_FLUENCY:
+        problems.append(f"fluency {score:.2f} bits < {MIN_STORY_FLUENCY}")
+    for i, para in enumerate(story.paragraphs):
         pmis = model.bigram_pmis(para)
         if len(pmis) >= FLUENCY_MIN_TOKENS and sum(pmis) / len(pmis) < MIN_PARAGRAPH_FLUENCY:
-            return False
-    return True
+            problems.append(f"paragraph {i + 1} reads as word salad ({sum(pmis) / len(pmis):.2f} bits)")
+    return problems
 
 
-def _first_index(units_: list[str], test) -> int | None:
-    return next((i for i, u in enumerate(units_) if test(u)), None)
+def _first(indexes) -> int | None:
+    return next(iter(indexes), None)
 
 
-def _mentions_character(unit: str, spec: Spec, sw: SpecWords) -> bool:
-    if re.search(rf"(?<!\w){re.escape(spec.protagonist.strip())}(?!\w)", unit):
-        return True
-    supporting = sw.fields["supporting"]
-    return bool(supporting) and supporting <= set(content_words(unit))
-
-
-def _object_mentions(unit: str, sw: SpecWords) -> tuple[bool, bool]:
+def _object_mentions(unit: Unit, sw: SpecWords) -> tuple[bool, bool]:
     """(definite, indefinite) mention of the object in a unit: its head noun after an article, with one of its
-    modifiers in between when it has any ('the brass key', not 'the key' nor 'the top step' for a spinning top)."""
-    toks = words(unit)
+    modifiers in between when it has any ('the brass key'; not 'the key', nor 'the top step' for a spinning top)."""
+    toks = unit.words
     head, modifiers = sw.object_core[-1], set(sw.object_core[:-1])
     definite = indefinite = False
     for i, w in enumerate(toks):
@@ -397,77 +455,136 @@ def _object_mentions(unit: str, sw: SpecWords) -> tuple[bool, bool]:
     return definite, indefinite
 
 
-def order_problems(text: str, spec: Spec, sw: SpecWords) -> list[str]:
-    """What is out of order in the story (empty when it reads in order)."""
-    all_units = [u for _, u in story_units(text)]
-    if not all_units:
-        return ["empty"]
+_QUOTED_RE = re.compile(r'"[^"]*"?')
+
+
+def narration_tense(unit: str, field_values: list[str]) -> str | None:
+    """'present', 'past' or None (mixed or no marker) for a unit's narration: speech and the spec's own phrases
+    (a twist is written in the present) left out."""
+    low = _QUOTED_RE.sub(" ", unit.translate(_FOLD_QUOTES)).lower()
+    for value in field_values:
+        low = low.replace(value.lower().rstrip("."), " ")
+    toks = words(low)
+    present = sum(t in PRESENT_MARKERS for t in toks) + sum(
+        1 for a, b in zip(toks, toks[1:])
+        if a in SUBJECTS and len(b) > 2 and b.endswith("s") and not b.endswith("ss") and b not in NOT_VERBS_IN_S)
+    past = sum(t in PAST_MARKERS for t in toks) + sum(  # 'has hired' is the present perfect
+        1 for i, t in enumerate(toks) if t.endswith("ed") and len(t) > 4 and not (i and toks[i - 1] in ("has", "have")))
+    if present and not past:
+        return "present"
+    if past and not present:
+        return "past"
+    return None
+
+
+def aftermath_too_early(story: Story, spec: Spec) -> bool:
+    """In a past-tense telling, a present-tense sentence (the aftermath) followed by two or more past-tense ones."""
+    values = [spec.setting, spec.object, spec.taboo, spec.twist, spec.title]
+    tenses = [narration_tense(u.text, values) for u in story.units]
+    n_past, n_present = tenses.count("past"), tenses.count("present")
+    if n_past < 3 or n_past < 2 * n_present:
+        return False  # a present-tense telling (or too little to tell)
+    return any(t == "present" and tenses[i + 1:].count("past") >= 2 for i, t in enumerate(tenses))
+
+
+def opening_refers_ahead(story: Story) -> bool:
+    """Whether the first sentence says 'the X' of something a later sentence introduces as 'a X' (or 'a new X')."""
+    given = {stem(m.group(1)) for m in re.finditer(r"\bthe\s+([a-z]+)\b", " ".join(story.units[0].words))}
+    given -= STOPWORDS
+    return any(stem(m.group(1)) in given
+               for u in story.units[1:] for m in re.finditer(r"\b(?:a|an)\s+(?:[a-z]+\s+)?([a-z]+)\b", " ".join(u.words)))
+
+
+def order_problems(story: Story, spec: Spec, sw: SpecWords) -> list[str]:
+    """Cues that the sentences are not in the order of a telling: what it presupposes comes before it."""
+    us = story.units
+    if not us:
+        return ["no sentences"]
     problems = []
-    first = " ".join(words(all_units[0])[:3])
-    if any(first == o or first.startswith(o + " ") for o in CONTINUATION_OPENERS):
-        problems.append("opens by continuing something")
-    named = _first_index(all_units, lambda u: _mentions_character(u, spec, sw))
-    pronoun = _first_index(all_units, lambda u: bool(CHARACTER_PRONOUNS & set(words(u))))
+    if _OPENS_MID_STORY_RE.search(" ".join(us[0].words)):
+        problems.append("the first sentence continues something")
+    if opening_refers_ahead(story):
+        problems.append("the first sentence refers back to something introduced later")
+    supporting = sw.fields["supporting"]
+    named = _first(k for k, u in enumerate(us)
+                   if _names(u.text, spec.protagonist) or (supporting and supporting <= u.content))
+    pronoun = _first(k for k, u in enumerate(us) if CHARACTER_PRONOUNS & set(u.words))
     if pronoun is not None and (named is None or pronoun < named):
         problems.append("a pronoun before any character is named")
+    protagonist = _first(k for k, u in enumerate(us) if _names(u.text, spec.protagonist))
+    if protagonist is not None and us[protagonist].paragraph > 0:
+        problems.append("the protagonist first named after the first paragraph")
+    setting = _first(k for k, u in enumerate(us) if _holds(u, sw.fields["setting"]))
+    if setting is not None and us[setting].paragraph > 0:
+        problems.append("the setting first named after the first paragraph")
     if sw.object_core:
-        mentions = [_object_mentions(u, sw) for u in all_units]
-        first_definite = next((i for i, (d, _) in enumerate(mentions) if d), None)
-        first_indefinite = next((i for i, (_, ind) in enumerate(mentions) if ind), None)
-        if first_definite is not None and first_indefinite is not None and first_definite < first_indefinite:
+        mentions = [_object_mentions(u, sw) for u in us]
+        definite = _first(k for k, (d, _) in enumerate(mentions) if d)
+        indefinite = _first(k for k, (_, ind) in enumerate(mentions) if ind)
+        if definite is not None and indefinite is not None and definite < indefinite:
             problems.append("the object referred back to before it is introduced")
-    taboo = stating_unit(spec.taboo, text, sw, _taboo_exclude(sw))
-    twist = stating_unit(spec.twist, text, sw, _twist_exclude(sw), last=True)
-    if taboo is not None and twist is not None and twist < taboo:
+    if aftermath_too_early(story, spec):
+        problems.append("the aftermath (present tense) told before the events (past tense)")
+    taboo, twist = taboo_units(story, spec, sw), twist_units(story, spec, sw)
+    if twist and 2 * twist[-1] < len(us) - 1:
+        problems.append("the twist comes in the first half")  # a reveal that opens the story is no twist
+    if taboo and twist and twist[-1] < taboo[0]:
         problems.append("the twist before the taboo")
     return problems
 
 
-def repetition_problems(text: str) -> list[str]:
+def repetition_problems(story: Story) -> list[str]:
     problems = []
-    said = Counter(" ".join(words(s)) for s in sentences(text) if len(words(s)) >= 3)
+    said = Counter(" ".join(words(s)) for s in story.sentences if len(words(s)) >= 3)
     if said and max(said.values()) > MAX_SENTENCE_REPEATS:
-        problems.append("a sentence said three times or more")
-    toks = words(text)
+        problems.append(f"a sentence said {max(said.values())} times")
+    toks = words(story.text)
     fours = Counter(zip(*(toks[i:] for i in range(4))))
     if fours and max(fours.values()) > MAX_4GRAM_COUNT:
-        problems.append("a 4-word run repeated in a loop")
-    if text_stats(text)["repeated_4gram_rate"] > MAX_REPEATED_4GRAM_RATE:
-        problems.append("too many repeated 4-grams")
+        problems.append(f"a 4-word run said {max(fours.values())} times")
+    rate = text_stats(story.text)["repeated_4gram_rate"]
+    if rate > MAX_REPEATED_4GRAM_RATE:
+        problems.append(f"repeated 4-gram rate {rate:.2f}")
     return problems
 
 
-def restatement_problems(text: str, sw: SpecWords) -> list[str]:
+def restatement_problems(story: Story, sw: SpecWords) -> list[str]:
     problems = []
-    if _LABEL_LINE_RE.search(text):
+    if _LABEL_LINE_RE.search(story.text):
         problems.append("a 'Label: value' line of the prompt")
-    if _BULLET_LINE_RE.search(text):
+    if _BULLET_LINE_RE.search(story.text):
         problems.append("a bullet line")
-    low = " ".join(words(text))
+    low = " ".join(words(story.text))
     meta = [p for p in META_PHRASES if re.search(rf"\b{p}\b", low) and not set(content_words(p)) <= sw.all]
     if len(meta) >= 2:
         problems.append(f"talks about the task ({', '.join(meta)})")
-    cw = content_words(text)
-    if cw and sum(w in sw.all for w in cw) / len(cw) > MAX_SPEC_WORD_SHARE:
-        problems.append("mostly the spec's own words")
+    cw = story.content
+    share = sum(w in sw.all for w in cw) / len(cw) if cw else 1.0
+    if share > MAX_SPEC_WORD_SHARE:
+        problems.append(f"{share:.0%} of its words are the spec's")
     return problems
+
+
+def explain_story(text: str, spec: Spec) -> dict[str, list[str]]:
+    """Every check with the problems it found (an empty list: the check passes)."""
+    story, sw = read_story(text), spec_words(spec)
+    return {
+        "paragraph_count": paragraph_problems(story),
+        "protagonist_named": protagonist_problems(story, spec),
+        "object_used": object_problems(story, sw),
+        "taboo_present": taboo_problems(story, spec, sw),
+        "twist_present": twist_problems(story, spec, sw),
+        "unsettling_ending": ending_problems(story),
+        "fluent": fluency_problems(story),
+        "coherent_order": order_problems(story, spec, sw),
+        "no_repetition": repetition_problems(story),
+        "not_restated": restatement_problems(story, sw),
+    }
 
 
 def check_story(story: str, spec: Spec) -> dict[str, bool]:
     """Every check, True when the story satisfies it."""
-    sw = spec_words(spec)
-    return {
-        "paragraph_count": check_paragraph_count(story),
-        "protagonist_named": check_protagonist_named(story, spec),
-        "object_used": check_object_used(story, sw),
-        "taboo_present": stating_unit(spec.taboo, story, sw, _taboo_exclude(sw)) is not None,
-        "twist_present": stating_unit(spec.twist, story, sw, _twist_exclude(sw)) is not None,
-        "unsettling_ending": check_unsettling_ending(story),
-        "fluent": check_fluent(story),
-        "coherent_order": not order_problems(story, spec, sw),
-        "no_repetition": not repetition_problems(story),
-        "not_restated": not restatement_problems(story, sw),
-    }
+    return {name: not problems for name, problems in explain_story(story, spec).items()}
 
 
 def failed_checks(results: dict[str, bool]) -> list[str]:
@@ -486,3 +603,27 @@ def text_stats(text: str) -> dict[str, float]:
     repeated = sum(c for c in counts.values() if c > 1)
     out["repeated_4gram_rate"] = repeated / len(fours) if fours else 0.0
     return out
+
+# ----------------------------------------------------------------------------------------------- checker accuracy
+FIXTURES_PATH = Path(__file__).with_name("checker_fixtures.jsonl")
+
+
+def is_reference(row: dict) -> bool:
+    """Fixture rows of kind 'reference_*' must pass every check; every other kind is adversarial and must fail."""
+    return row["kind"].startswith("reference")
+
+
+def load_checker_fixtures(path: str | Path = FIXTURES_PATH) -> list[dict]:
+    """The checker's fixture set shipped with the package (built by tests/fixtures/checker/make_fixtures.py)."""
+    from pico.io import read_jsonl
+
+    return read_jsonl(path, required=("kind", "spec", "story"))
+
+
+def checker_accuracy(rows: list[dict]) -> dict[str, float]:
+    """How often adversarial fixtures pass every check (should be 0) and references do (should be >= 0.95)."""
+    passed = {True: [], False: []}
+    for row in rows:
+        passed[is_reference(row)].append(not failed_checks(check_story(row["story"], Spec.from_dict(row["spec"]))))
+    rate = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return {"checker_adversarial_pass_rate": rate(passed[False]), "checker_reference_pass_rate": rate(passed[True])}
