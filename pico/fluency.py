@@ -125,8 +125,18 @@ class ClassBigramModel:
         p = max(self.bigram.get((prev, cls), 0) - DISCOUNT, 0) / n_ctx + backoff * pu
         return math.log2(p / pu)
 
+    def paragraph_stats(self, text: str) -> list[tuple[list[float], float]]:
+        """Per paragraph: the PMI of every class bigram, and the share of its class bigrams the reference text never
+        showed (twice), high for word salad. Names are found over the whole text."""
+        out = []
+        for seq in class_sequences(text, self.vocab):
+            pairs = list(zip(seq, seq[1:]))
+            unseen = sum(p not in self.bigram for p in pairs) / len(pairs) if pairs else 0.0
+            out.append(([self.pmi(a, b) for a, b in pairs], unseen))
+        return out
+
     def bigram_pmis(self, text: str) -> list[float]:
-        return [self.pmi(a, b) for seq in class_sequences(text, self.vocab) for a, b in zip(seq, seq[1:])]
+        return [v for pmis, _ in self.paragraph_stats(text) for v in pmis]
 
     def score(self, text: str) -> float:
         """Mean bigram PMI of the text in bits; 0.0 for text without words."""
