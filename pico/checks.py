@@ -38,7 +38,9 @@ MIN_PARAGRAPHS, MAX_PARAGRAPHS = 2, 4
 MIN_PARAGRAPH_WORDS = 3
 PHRASE_THRESHOLD = 0.75  # share of a taboo/twist's distinctive words one sentence must hold
 MAX_FIELD_WORDS_PER_OWN_WORD = 3  # a stating sentence: at most this many other-field words per word of its own
+MIN_NARRATIVE_OWN_WORDS = 3  # a neighbour with this many words of its own makes a bare statement part of a telling
 MIN_STORY_WORDS, MIN_STORY_SENTENCES = 40, 4
+MIN_DREAD_CUES = 2  # distinct dread words the last paragraph needs
 MIN_STORY_FLUENCY = -0.3  # bits; references score above 0, word salad below -0.8
 # A paragraph of at least FLUENCY_MIN_TOKENS tokens reads as word salad below this score or above this share of
 # class bigrams the reference text never shows (template, TinyStories and teacher-style paragraphs: > -1.0 and
@@ -105,11 +107,13 @@ something someone somebody somewhere whoever whatever thing things watching watc
 stares staring stared whisper whispers whispering whispered knock knocks knocking knocked breath breathing
 breathes footsteps footstep steps shadow shadows behind beneath under underneath below inside voice voices figure
 shape dark darkness hums humming scratching scratch tapping hear hears heard listen listens listening calling calls
-called ringing rings knows knew name moving moves spins turning touch face faces reflection mirror
+called ringing rings rang rung knows knew name moving moves spins turning turned turns touch face faces
+reflection mirror open opened count counted counting
 """.split())
 PERSISTENCE_CUES = frozenset("""
 still again always forever every each closer nearer louder waiting wait waits tonight continues continued keep keeps
 kept anymore since yet now began begins returned returns back lately started starts soon until tomorrow
+already
 """.split())
 LOSS_CUES = frozenset("""
 gone empty missing vanished disappeared nobody nothing never not no none cannot can't couldn't don't doesn't didn't
@@ -316,16 +320,17 @@ def _wanted(phrase: str, exclude: set[str]) -> tuple[set[str], float]:
 
 def _is_statement(story: Story, k: int, phrase_words: set[str], sw: SpecWords) -> bool:
     """Whether unit k is a sentence of the story rather than a label or a stuffed fragment: it has words of its
-    own (or a unit next to it in the same paragraph announces it), and at most a few other-field words per word
-    of its own."""
+    own, or it is a bare statement inside the telling (a unit next to it, in the same paragraph, announces it or
+    is narrative with several words of its own), and it has at most a few other-field words per word of its own."""
     unit = story.units[k]
     own = own_words(unit, sw) - phrase_words
     if not own:
         for j in (k - 1, k + 1):
-            if 0 <= j < len(story.units) and story.units[j].paragraph == unit.paragraph \
-                    and announces(story.units[j], sw):
-                own = own_words(story.units[j], sw) - phrase_words
-                break
+            if 0 <= j < len(story.units) and story.units[j].paragraph == unit.paragraph:
+                neighbour_own = own_words(story.units[j], sw) - phrase_words
+                if announces(story.units[j], sw) or len(neighbour_own) >= MIN_NARRATIVE_OWN_WORDS:
+                    own = neighbour_own
+                    break
     other = (unit.content & fields_in(unit, sw)) - phrase_words
     return bool(own) and len(other) <= MAX_FIELD_WORDS_PER_OWN_WORD * len(own)
 
@@ -399,20 +404,19 @@ def ending_cues(text: str) -> tuple[dict[str, set[str]], int]:
 
 
 def ending_problems(story: Story) -> list[str]:
-    """Judged on the last paragraph as a whole, and on its last sentence, where the story lands."""
+    """Judged on the last paragraph as a whole; its last sentence, where the story lands, must not be a happy one."""
     if not story.paragraphs:
         return ["no ending"]
     kinds, happy = ending_cues(story.paragraphs[-1])
     dread = sum(len(v) for v in kinds.values())
     last_kinds, last_happy = ending_cues(story.sentences[-1])
-    last_dread = sum(len(v) for v in last_kinds.values())
     problems = []
-    if dread < 2 or (sum(bool(v) for v in kinds.values()) < 2 and dread < 3):
-        problems.append("too few cues of dread in the last paragraph")  # one common word is not an ending
+    if dread < MIN_DREAD_CUES:
+        problems.append(f"{dread} cue(s) of dread in the last paragraph")  # one common word is not an ending
     if happy >= dread:
         problems.append("the last paragraph is happy")
-    if not last_dread or last_happy >= last_dread:
-        problems.append("the last sentence does not land on dread")
+    if last_happy > sum(len(v) for v in last_kinds.values()):
+        problems.append("the last sentence is happy")
     return problems
 
 
@@ -519,9 +523,10 @@ def order_problems(story: Story, spec: Spec, sw: SpecWords, taboo: list[int], tw
     protagonist = _first(k for k, u in enumerate(us) if _names(u.text, spec.protagonist))
     if protagonist is not None and us[protagonist].paragraph > 0:
         problems.append("the protagonist first named after the first paragraph")
-    setting = _first(k for k, u in enumerate(us) if _holds(u, sw.fields["setting"]))
-    if setting is not None and us[setting].paragraph > 0:
-        problems.append("the setting first named after the first paragraph")
+    setting = sw.fields["setting"]
+    opening_words = set().union(*(u.content for u in us if u.paragraph == 0))
+    if any(_holds(u, setting) for u in us) and not opening_words & setting:
+        problems.append("the setting is named, but not a word of it in the first paragraph")
     if sw.object_core:
         mentions = [_object_mentions(u, sw) for u in us]
         definite = _first(k for k, (d, _) in enumerate(mentions) if d)
