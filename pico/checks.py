@@ -47,6 +47,8 @@ MIN_STORY_FLUENCY = -0.3  # bits; references score above 0, word salad below -0.
 # <= 0.16 but for one TinyStories paragraph in 4,000; word salad: 96% caught).
 MIN_PARAGRAPH_FLUENCY = -1.0
 MAX_PARAGRAPH_UNSEEN = 0.2
+MAX_CASE_ANOMALIES = 0.06  # share of a paragraph's words out of case for their place (prose <= 0.053, salad ~0.12)
+CASE_MIN_WORDS = 8
 FLUENCY_MIN_TOKENS = 20
 MAX_REPEATED_4GRAM_RATE = 0.3
 MAX_4GRAM_COUNT = 7  # a 4-word run said 8 times is a loop (a refrain is said two or three times)
@@ -320,19 +322,22 @@ def _wanted(phrase: str, exclude: set[str]) -> tuple[set[str], float]:
 
 def _is_statement(story: Story, k: int, phrase_words: set[str], sw: SpecWords) -> bool:
     """Whether unit k is a sentence of the story rather than a label or a stuffed fragment: it has words of its
-    own, or it is a bare statement inside the telling (a unit next to it, in the same paragraph, announces it or
-    is narrative with several words of its own), and it has at most a few other-field words per word of its own."""
+    own and at most a few other-field words per word of its own; or it is a bare statement (no word of its own,
+    at most one other-field word, such as a name) inside the telling: a unit next to it, in the same paragraph,
+    announces it or is narrative with several words of its own."""
     unit = story.units[k]
     own = own_words(unit, sw) - phrase_words
-    if not own:
-        for j in (k - 1, k + 1):
-            if 0 <= j < len(story.units) and story.units[j].paragraph == unit.paragraph:
-                neighbour_own = own_words(story.units[j], sw) - phrase_words
-                if announces(story.units[j], sw) or len(neighbour_own) >= MIN_NARRATIVE_OWN_WORDS:
-                    own = neighbour_own
-                    break
     other = (unit.content & fields_in(unit, sw)) - phrase_words
-    return bool(own) and len(other) <= MAX_FIELD_WORDS_PER_OWN_WORD * len(own)
+    if own:
+        return len(other) <= MAX_FIELD_WORDS_PER_OWN_WORD * len(own)
+    if len(other) > 1:
+        return False
+    for j in (k - 1, k + 1):
+        if 0 <= j < len(story.units) and story.units[j].paragraph == unit.paragraph:
+            neighbour = story.units[j]
+            if announces(neighbour, sw) or len(own_words(neighbour, sw) - phrase_words) >= MIN_NARRATIVE_OWN_WORDS:
+                return True
+    return False
 
 
 def stating_units(phrase: str, story: Story, sw: SpecWords, exclude: set[str]) -> list[int]:
@@ -421,7 +426,7 @@ def ending_problems(story: Story) -> list[str]:
 
 
 def fluency_problems(story: Story) -> list[str]:
-    from pico.fluency import default_model
+    from pico.fluency import case_anomalies, default_model
 
     n_words = len(words(story.text))
     if n_words < MIN_STORY_WORDS or len(story.sentences) < MIN_STORY_SENTENCES:
@@ -433,7 +438,10 @@ def fluency_problems(story: Story) -> list[str]:
     score = sum(pmis) / len(pmis)
     if score < MIN_STORY_FLUENCY:
         problems.append(f"fluency {score:.2f} bits < {MIN_STORY_FLUENCY}")
-    for i, (para, unseen) in enumerate(per_paragraph):
+    for i, ((para, unseen), text) in enumerate(zip(per_paragraph, story.paragraphs)):
+        n, out_of_case = case_anomalies(text)
+        if n >= CASE_MIN_WORDS and out_of_case > MAX_CASE_ANOMALIES * n:
+            problems.append(f"paragraph {i + 1}: {out_of_case} of {n} words in the wrong case for their place")
         if len(para) < FLUENCY_MIN_TOKENS:
             continue  # too short to judge on its own
         mean = sum(para) / len(para)

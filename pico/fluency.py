@@ -35,6 +35,13 @@ _TITLE_ABBREV_RE = re.compile(r"\b(Mr|Mrs|Ms|Dr|St|Prof|Mt)\.")
 _AM_PM_RE = re.compile(r"\b([ap])\.m\.", re.IGNORECASE)
 _TOKEN_RE = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*|\d+(?:[.:]\d+)?|[.!?]+|[,;:()\"-]")
 _SUFFIX_CLASSES = (("ly", "<ly>"), ("ing", "<ing>"), ("ed", "<ed>"))
+# Words that English writes in lower case inside a sentence (so a capital one there is out of place).
+FUNCTION_WORDS = frozenset("""
+a an the and or but of to in on at for from by with is are was were be been being has have had it its that this these
+those after before when while your you their them they he she him her his what which who whom whose do does did as
+into out up than then there here so if just very can will would should could all any some no nor also too even every
+each other such about around through again never where not
+""".split())
 
 
 def tokens(text: str) -> list[str]:
@@ -81,6 +88,28 @@ def word_class(tok: str, initial: bool, vocab: frozenset[str], names: set[str]) 
     if low.endswith("s") and not low.endswith("ss") and len(low) > 3:
         return "<s>"
     return "<w>"
+
+
+def case_anomalies(paragraph: str) -> tuple[int, int]:
+    """(words, words whose case does not fit their place): a lower-case word starting a sentence, or a capital
+    function word inside one. Shuffled words keep their case and land in the wrong place; prose almost never does."""
+    n = bad = 0
+    state = "start"  # start: a capital is due; mid: function words are lower case; free: either (after a quote or colon)
+    for tok in tokens(paragraph):
+        c = tok[0]
+        if c in ".!?":
+            state = "free" if tok == "..." else "start"
+        elif c == '"' or c in ":(-":
+            state = "free"
+        elif c in ",;)":
+            state = "mid"
+        elif c.isalpha():
+            n += 1
+            bad += (state == "start" and c.islower()) or (state == "mid" and c.isupper() and tok.lower() in FUNCTION_WORDS)
+            state = "mid"
+        else:
+            state = "mid"
+    return n, bad
 
 
 def class_sequences(text: str, vocab: frozenset[str]) -> list[list[str]]:
