@@ -1,25 +1,29 @@
-"""The constraint checker: does a story follow its spec, and does it read as a story? Used by `generate`
-(to validate data and hard pairs), by `evaluate` (to score generations) and by `pico check`, so all of them
-judge with the same rules. Transparent and deterministic: word lists, counts and one small fitted table.
+"""The constraint checker: does a story follow its spec, and does it read as a story? Used by `generate` (to
+validate data and hard pairs), by `evaluate` (to score generations) and by `pico check`, so all of them judge with
+the same rules. Transparent and deterministic: word lists, counts, and one small table fitted on TinyStories.
+`explain_story` says what each check found; `check_story` gives the booleans.
 
 The checks, in `CHECKS` order:
 - paragraph_count: 2-4 paragraphs, each a real one (at least 3 words).
 - protagonist_named: the protagonist's name occurs as a word.
 - object_used: one sentence names the object: its head noun and at least half of its other core words.
-- taboo_present: one sentence states the taboo (most of its distinctive words, paraphrase allowed) with words
-  of its own, not as a label or a fragment stuffed among other field words.
+- taboo_present: a sentence of the story states the taboo: it holds most of the taboo's distinctive words
+  (paraphrase allowed) and words of its own, not just field and meta words ('The rule: ...') or a fragment
+  stuffed among other fields; a bare statement counts inside narrative ('Agnes had one rule. Never ...').
 - twist_present: the same for the twist.
-- unsettling_ending: the last paragraph, as a whole, carries cues of dread from two kinds (presence,
-  persistence, loss), outweighs any happy cues, and its last sentence is not a happy one.
-- fluent: story-length English prose: the class-bigram fluency score of the story and of each paragraph
-  (`pico.fluency`, fitted on TinyStories) is above that of word salad.
-- coherent_order: sentences come in a readable order: no pronoun before any character is named, no opening
-  sentence that continues something, the object introduced before it is referred back to, the taboo
-  before the twist.
-- no_repetition: no loop: no sentence said three times, no 4-word run eight times or more, and few
-  repeated 4-grams.
-- not_restated: the story is not the spec restated: no `Label: value` or bullet lines of the prompt, no
-  talk of protagonists and twists, and most of its words are its own rather than the spec's.
+- unsettling_ending: the last paragraph as a whole holds at least two distinct cues of dread (something
+  there, something going on, something lost or withheld), more than its happy cues, and does not land on a
+  happy last sentence.
+- fluent: story-length prose (40 words, 4 sentences) that reads as English: the class-bigram score
+  (`pico.fluency`, fitted only on TinyStories) of the story and of each paragraph is above word salad's, and
+  no paragraph has words in the wrong case for their place, as shuffled words do.
+- coherent_order: the sentences come in the order of a telling: the first one does not continue something or
+  refer ahead, no pronoun before any character is named, protagonist and setting appear in the first
+  paragraph, the object is introduced before it is referred back to, the taboo comes before the twist and the
+  twist in the second half, and a present-tense aftermath does not come before past-tense events.
+- no_repetition: no loop: no sentence said three times, no 4-word run said eight times, few repeated 4-grams.
+- not_restated: not the spec restated: no `Label: value` or bullet lines of the prompt, no talk about the
+  task ('the protagonist', 'the twist is'), and most of its words its own rather than the spec's.
 """
 
 from __future__ import annotations
@@ -639,9 +643,13 @@ def load_checker_fixtures(path: str | Path = FIXTURES_PATH) -> list[dict]:
 
 
 def checker_accuracy(rows: list[dict]) -> dict[str, float]:
-    """How often adversarial fixtures pass every check (should be 0) and references do (should be >= 0.95)."""
-    passed = {True: [], False: []}
+    """The checker judged on fixture rows: how often adversarial stories pass every check (should be 0) and how
+    often reference stories do (should be >= 0.95). NaN for a side with no rows."""
+    passed: dict[bool, list[bool]] = {True: [], False: []}
     for row in rows:
         passed[is_reference(row)].append(not failed_checks(check_story(row["story"], Spec.from_dict(row["spec"]))))
-    rate = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-    return {"checker_adversarial_pass_rate": rate(passed[False]), "checker_reference_pass_rate": rate(passed[True])}
+    return {"checker_adversarial_pass_rate": _mean(passed[False]), "checker_reference_pass_rate": _mean(passed[True])}
+
+
+def _mean(flags: list[bool]) -> float:
+    return sum(flags) / len(flags) if flags else float("nan")

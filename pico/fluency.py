@@ -1,15 +1,17 @@
-"""A fluency score for English prose: a word-class bigram model fitted only on TinyStories (reference text,
-never model outputs), shipped as the counts table `pico/fluency_model.json`.
+"""Fluency of English prose, for the checker's `fluent` check: a word-class bigram model fitted only on
+TinyStories (reference text, never model outputs), shipped as the counts table `pico/fluency_model.json`, and a
+case test.
 
-Each word becomes a class: the word itself if it is one of the most frequent words of the reference text
-(mostly function words and common verbs: the skeleton of a sentence), otherwise a shape class (<Name>,
-<num>, <ly>, <ing>, <ed>, <s>, <w>), so a rich vocabulary (a teacher LLM's) reads like a simple one, while
-word order still matters. The score of a text is the mean pointwise mutual information of its class
-bigrams, log2 P(class | previous class) / P(class), in bits: fluent text is positive (its neighbours
-predict each other), word salad is strongly negative. Deterministic, no randomness, well under a
-millisecond per story.
+Each word becomes a class: itself if it is one of the 300 most frequent words of the reference text (mostly
+function words and common verbs: the skeleton of a sentence), otherwise a shape class (<Name>, <num>, <ly>,
+<ing>, <ed>, <s>, <w>). So a rich vocabulary (a teacher LLM's) reads like a simple one, while word order still
+counts. A text scores the mean pointwise mutual information of its class bigrams, log2 P(class | previous) /
+P(class), in bits: fluent text is positive (neighbours predict each other), word salad strongly negative; word
+salad also holds many class bigrams the reference text never showed. `case_anomalies` counts words whose case
+does not fit their place (a lower-case word opening a sentence, a capital 'the' inside one), which shuffled
+words show and prose does not. Deterministic, about a millisecond per story.
 
-Rebuild the table (byte-identical for the same shards) with
+Rebuild the table (byte-identical for the same shards; a test checks it) with
     python -m pico.fluency --tinystories ../shared/data/tinystories/train --out pico/fluency_model.json
 """
 
@@ -177,10 +179,6 @@ class ClassBigramModel:
 def default_model() -> ClassBigramModel:
     table = json.loads(MODEL_PATH.read_text(encoding="utf-8"))
     return ClassBigramModel(table["vocab"], table["unigram"], table["bigram"])
-
-
-def fluency_score(text: str) -> float:
-    return default_model().score(text)
 
 
 # ----------------------------------------------------------------------------------------------- building
