@@ -287,6 +287,84 @@ def cmd_params(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- check
+def add_check(sub) -> None:
+    p = sub.add_parser("check", help="run the constraint checker on stories",
+                       description="Check stories against their specs with the checker `generate` and `evaluate` use. "
+                                   "Each JSONL row holds a story (\"story\", or \"response\" as in the pipeline's "
+                                   "files) and its spec (\"spec\": {field: value}, or a \"prompt\" in the one "
+                                   "prompt format). Prints every check of every row, then the pass rates.")
+    p.add_argument("--input", required=True, help="a .jsonl file of {\"spec\" or \"prompt\", \"story\"} rows")
+    p.add_argument("--json", action="store_true",
+                   help="print {\"rows\": [{\"checks\", \"pass_all\"}], \"pass_rates\": {...}} instead")
+    p.set_defaults(func=cmd_check)
+
+
+def _check_rows(path: Path) -> list[tuple[int, str, object]]:
+    """(line number, story, Spec) of every row; a bad row is a DataError naming file:line."""
+    from pico.errors import DataError
+    from pico.prompt import parse_prompt
+    from pico.spec import Spec
+
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not JSON: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            story = row.get("story", row.get("response"))
+            if not isinstance(story, str):
+                raise DataError(f"{where}: no \"story\" string")
+            try:
+                if isinstance(row.get("spec"), dict):
+                    spec = Spec.from_dict(row["spec"])
+                elif isinstance(row.get("prompt"), str):
+                    spec = parse_prompt(row["prompt"])
+                else:
+                    raise ValueError("no \"spec\" object and no \"prompt\" string")
+            except ValueError as e:
+                raise DataError(f"{where}: {e}") from None
+            rows.append((lineno, story, spec))
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def cmd_check(args) -> int:
+    from pico.checks import CHECKS, explain_story
+
+    path = Path(args.input)
+    results = []
+    for lineno, story, spec in _check_rows(path):
+        problems = explain_story(story, spec)
+        results.append((lineno, problems, all(not problems[c] for c in CHECKS)))
+    n = len(results)
+    rates = {c: sum(not p[c] for _, p, _ in results) / n for c in CHECKS}
+    rates["pass_all"] = sum(ok for _, _, ok in results) / n
+    if args.json:
+        rows = [{"checks": {c: not p[c] for c in CHECKS}, "pass_all": ok} for _, p, ok in results]
+        print(json.dumps({"rows": rows, "pass_rates": rates}, indent=2))
+        return 0
+    width = max(len(c) for c in CHECKS)
+    for lineno, problems, ok in results:
+        print(f"{path}:{lineno}: {'pass' if ok else 'FAIL'}")
+        for c in CHECKS:
+            print(f"  {c:<{width}}  {'ok' if not problems[c] else 'FAIL  ' + '; '.join(problems[c])}")
+        print(f"  {'pass_all':<{width}}  {'ok' if ok else 'FAIL'}")
+    print(f"\npass rates over {n} row(s):")
+    for name, rate in rates.items():
+        print(f"  {name:<{width}}  {rate:6.1%}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pico", description=__doc__.splitlines()[0])
@@ -295,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare(sub)
     add_runs(sub)
     add_params(sub)
+    add_check(sub)
     return parser
 
 
