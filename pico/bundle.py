@@ -85,7 +85,8 @@ def mermaid_dag(dvc_yaml: dict) -> str:
 # ----------------------------------------------------------------------------------------------- tables
 def checkpoint_table(evaluate: dict) -> pd.DataFrame:
     """Rows: checkpoints; columns: every numeric metric evaluate wrote for them."""
-    rows = {name: m for name, m in evaluate.items() if name != "style_judge" and isinstance(m, dict)}
+    rows = {name: m for name, m in evaluate.items()
+            if name not in ("style_judge", "checker") and isinstance(m, dict)}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -127,11 +128,14 @@ def _save(fig, path: Path, dpi: int) -> None:
 def _bar(ax, table: pd.DataFrame, metric: str) -> None:
     values = table[metric].astype(float)
     colors = ["#7a7a7a", "#4c72b0", "#c44e52", "#55a868", "#8172b2", "#937860"][: len(values)]
-    ax.bar(values.index.astype(str), values.values, color=colors)
+    errors = None
+    if f"{metric}_lo" in table.columns and f"{metric}_hi" in table.columns:  # a rate with its 95% interval
+        errors = [values - table[f"{metric}_lo"].astype(float), table[f"{metric}_hi"].astype(float) - values]
+    ax.bar(values.index.astype(str), values.values, color=colors, yerr=errors, capsize=4 if errors else 0)
     arrow = {1: "higher is better", -1: "lower is better", 0: ""}[direction(metric)]
-    ax.set_title(f"{metric}\n({arrow})" if arrow else metric, fontsize=9)
+    ax.set_title(f"{metric}\n({arrow}{', 95% interval' if errors else ''})" if arrow else metric, fontsize=9)
     ax.tick_params(labelsize=8)
-    if metric.startswith(("pass_", "dpo_test_pref_acc", "style_score")):
+    if is_rate(metric):
         ax.set_ylim(0, 1.08)  # rates: the whole [0, 1] scale, so an all-zero row still reads right
     elif (values >= 0).all():
         ax.set_ylim(bottom=0)
@@ -153,8 +157,24 @@ def fig_checkpoint_bars(table: pd.DataFrame, path: Path, dpi: int) -> None:
     _save(fig, path, dpi)
 
 
-def fig_check_pass_rates(table: pd.DataFrame, path: Path, dpi: int) -> None:
-    cols = [f"pass_{c}" for c in CHECKS if f"pass_{c}" in table.columns] + (["pass_all"] if "pass_all" in table else [])
+def is_rate(metric: str) -> bool:
+    return "pass_" in metric or "pref_acc" in metric or "style_score" in metric
+
+
+def fig_headline(table: pd.DataFrame, path: Path, dpi: int) -> None:
+    """What the pipeline exists to show: stories that follow specs made of values no training data used."""
+    metrics = [m for m in ("unseen_pass_all", "seen_pass_all") if m in table.columns]
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.2 * max(len(metrics), 1), 3.4), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        _bar(ax, table, metric)
+    fig.suptitle("Stories passing every check, per checkpoint (unseen: specs of held-out values)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path, dpi)
+
+
+def fig_check_pass_rates(table: pd.DataFrame, path: Path, dpi: int, prefix: str = "unseen_") -> None:
+    cols = [f"{prefix}pass_{c}" for c in CHECKS if f"{prefix}pass_{c}" in table.columns]
+    cols += [f"{prefix}pass_all"] if f"{prefix}pass_all" in table else []
     fig, ax = plt.subplots(figsize=(11, 3.8))
     if cols:
         width = 0.8 / max(len(table.index), 1)
@@ -162,10 +182,10 @@ def fig_check_pass_rates(table: pd.DataFrame, path: Path, dpi: int) -> None:
             xs = [j + i * width for j in range(len(cols))]
             ax.bar(xs, table.loc[name, cols].astype(float).values, width=width, label=str(name))
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))])
-        ax.set_xticklabels([c.removeprefix("pass_") for c in cols], rotation=20, fontsize=8)
+        ax.set_xticklabels([c.removeprefix(f"{prefix}pass_") for c in cols], rotation=20, fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.legend(fontsize=8)
-    ax.set_title("Generations passing each constraint check (test specs)")
+    ax.set_title(f"Generations passing each check ({prefix.rstrip('_')} test specs)")
     _save(fig, path, dpi)
 
 
@@ -211,7 +231,8 @@ def fig_summary(title: str, table: pd.DataFrame, curves: dict, facts: list[str],
         ax.set_title(f"{stage} loss", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
-    for i, metric in enumerate([m for m in ("sft_test_loss", "dpo_test_pref_acc", "pass_mean") if m in table.columns]):
+    for i, metric in enumerate([m for m in ("unseen_pass_all", "sft_test_unseen_loss", "pref_acc_logp")
+                                if m in table.columns]):
         _bar(fig.add_subplot(grid[2, i]), table, metric)
     fig.tight_layout()
     _save(fig, path, dpi)
@@ -362,7 +383,8 @@ class BundleInputs:
     metrics: dict[str, dict]  # stage name -> metrics/<stage>.json
     dataset: dict  # data/dataset.json
     curves: dict  # stage -> {"train": DataFrame | None, "val": DataFrame | None}
-    generations: list[dict]  # eval/generations_test.jsonl
+    generations: list[dict]  # eval/generations_test_unseen.jsonl: the specs no training data used
+    comparisons: dict  # eval/comparisons.json: paired pass_all differences base -> sft -> dpo
     dvc_yaml: dict
     lock: dict  # dvc.lock ({} when there is none yet)
     files: dict[str, Path]  # {path in run_snapshot/: file} copied as they are (params, metrics, dataset, lock)
@@ -412,10 +434,25 @@ def experiment_config(inputs: BundleInputs, commit: str, dirty: bool, now: str, 
     }
 
 
+def comparison_lines(comparisons: dict) -> list[str]:
+    """One sentence per step: the change in unseen_pass_all on the same specs, its interval and p-value."""
+    lines = []
+    for title, splits in comparisons.items():
+        d = splits.get("test_unseen")
+        if d:
+            b, a = title.split(" vs ")
+            verdict = "more than noise" if d["p_value"] < 0.05 else "within noise"
+            lines.append(f"- **{title}**: unseen_pass_all {d['rate_a']:.3f} -> {d['rate_b']:.3f}, difference "
+                         f"{d['diff']:+.3f} (95% CI {d['lo']:+.3f} to {d['hi']:+.3f}; {d['b_only']} specs only {b} "
+                         f"passes, {d['a_only']} only {a}; McNemar p = {d['p_value']:.3g}: {verdict}).")
+    return lines
+
+
 def readme_markdown(title: str, facts: list[str], inputs: BundleInputs, table: pd.DataFrame,
                     stats: pd.DataFrame) -> str:
     teacher, dataset = inputs.dataset.get("teacher"), inputs.dataset
     judge = inputs.metrics["evaluate"].get("style_judge", {}).get("heldout_accuracy", float("nan"))
+    checker = inputs.metrics["evaluate"].get("checker", {})
     return "\n".join([
         f"# {title}", "", *[f"- {f}" for f in facts], "",
         "## Pipeline", "", "```mermaid", mermaid_dag(inputs.dvc_yaml), "```", "",
@@ -424,8 +461,16 @@ def readme_markdown(title: str, facts: list[str], inputs: BundleInputs, table: p
                                                  if teacher else "") + f"; data purpose `{dataset['purpose']}`"
         + (f" ({dataset['description']})" if dataset.get("description") else "") + ".", "",
         markdown_table(stats, index_name="split"), "",
+        "## What each step did", "", "![headline](figures/headline.png)", "",
+        *comparison_lines(inputs.comparisons), "",
         "## Metrics per checkpoint", "", markdown_table(table, [c for c in KEY_METRICS if c in table.columns]), "",
-        f"Style judge (TF-IDF + logistic regression, chosen vs rejected) held-out accuracy: {judge:.3f}.", "",
+        "Rates are over the generations of each split (`n` in eval/summary_*.json) with Wilson 95% intervals "
+        "(`_lo`, `_hi` in tables/checkpoint_metrics.csv); `unseen_` specs use only values held out of all "
+        "training data, `seen_` specs values SFT and DPO trained on.", "",
+        f"The checker on its own fixture set (pico/checker_fixtures.jsonl): adversarial stories passing every check "
+        f"{checker.get('checker_adversarial_pass_rate', float('nan')):.3f} (should be 0), reference stories "
+        f"{checker.get('checker_reference_pass_rate', float('nan')):.3f} (should be >= 0.95). Style judge (TF-IDF + "
+        f"logistic regression, chosen vs rejected) held-out accuracy: {judge:.3f}.", "",
         "![summary](figures/summary.png)", "", "![checkpoints](figures/checkpoint_bars.png)", "",
         "![checks](figures/check_pass_rates.png)", "", "![curves](figures/training_curves.png)", "",
         "## Files", "",
@@ -447,6 +492,7 @@ def write_bundle(out: Path, inputs: BundleInputs, params_sha256: str) -> None:
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
     facts = run_facts(inputs, commit, dirty, now)
     figures = out / "figures"
+    fig_headline(table, figures / "headline.png", cfg.dpi)
     fig_checkpoint_bars(table, figures / "checkpoint_bars.png", cfg.dpi)
     fig_check_pass_rates(table, figures / "check_pass_rates.png", cfg.dpi)
     fig_training_curves(inputs.curves, figures / "training_curves.png", cfg.dpi)
@@ -470,10 +516,14 @@ def write_bundle(out: Path, inputs: BundleInputs, params_sha256: str) -> None:
 
     key_cols = [c for c in KEY_METRICS if c in table.columns]
     write_text(out / "README.md", readme_markdown(cfg.title, facts, inputs, table, stats))
-    sections = [("Metrics per checkpoint", html_table(table, key_cols)), ("All metrics", html_table(table)),
+    steps = "".join(f"<li>{html.escape(line.removeprefix('- ').replace('**', ''))}</li>"
+                    for line in comparison_lines(inputs.comparisons))
+    sections = [("What each step did", f"<ul>{steps}</ul>"),
+                ("Metrics per checkpoint", html_table(table, key_cols)), ("All metrics", html_table(table)),
                 ("Data", html_table(stats, index_name="split")),
                 ("Sample generations", samples_html(inputs.generations, cfg.n_samples))]
-    figs = [("One-page summary", figures / "summary.png"), ("Metrics per checkpoint", figures / "checkpoint_bars.png"),
+    figs = [("Stories passing every check (95% intervals)", figures / "headline.png"),
+            ("One-page summary", figures / "summary.png"), ("Metrics per checkpoint", figures / "checkpoint_bars.png"),
             ("Constraint checks", figures / "check_pass_rates.png"),
             ("Training curves", figures / "training_curves.png")]
     write_text(out / "report.html", report_html(cfg.title, facts, sections, figs))

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from pico.config import ModelConfig
 from pico.errors import CheckpointError, ParamsError
-from pico.io import write_bytes
+from pico.io import sha256_file, write_bytes
 from pico.knobs import build_section
 from pico.model import build_model, model_meta, unwrap
 
@@ -35,8 +35,13 @@ def to_bytes(obj: Any) -> bytes:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, *, model_cfg: ModelConfig, tokenizer_hash: str,
-                    stage: str, step: int, metrics: dict | None = None, parent: str = "") -> None:
-    """Write atomically; no timestamps or paths inside, so the same run gives the same bytes."""
+                    stage: str, step: int, metrics: dict | None = None, parent: str = "",
+                    train_config: dict | None = None) -> None:
+    """Write atomically; no timestamps or paths inside, so the same run gives the same bytes.
+
+    `train_config` is the params section the stage trained with (for DPO: beta and loss type, against the
+    reference `parent`), so later stages judge the checkpoint by how it was trained, not by today's params.
+    """
     model = unwrap(model)
     payload = {
         "format": FORMAT,
@@ -46,6 +51,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_cfg: ModelConfi
         "model": model_meta(model_cfg, model.vocab_size),
         "tokenizer_hash": tokenizer_hash,
         "parent": parent,  # sha256 of the checkpoint this one was trained from ("" for pretraining)
+        "train_config": train_config or {},
         "metrics": metrics or {},
         "state_dict": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
     }
@@ -100,6 +106,7 @@ class Checkpoint:
     model: nn.Module
     model_cfg: ModelConfig
     meta: dict  # everything in the payload but the weights
+    digest: str = ""  # sha256 of the file: what a child checkpoint records as its `parent`
 
 
 def load_checkpoint(path: str | Path, *, tokenizer_hash: str | None = None,
@@ -132,4 +139,4 @@ def load_checkpoint(path: str | Path, *, tokenizer_hash: str | None = None,
     except (RuntimeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: weights do not match the model config it records: "
                               f"{str(e).splitlines()[0]}") from None
-    return Checkpoint(model=model.to(device), model_cfg=cfg, meta=meta)
+    return Checkpoint(model=model.to(device), model_cfg=cfg, meta=meta, digest=sha256_file(path))

@@ -90,7 +90,7 @@ def cmd_play(args) -> int:
     if args.prompt_file and args.prompt_file.endswith(".jsonl"):
         from pico.io import read_jsonl
 
-        rows = read_jsonl(args.prompt_file, required=("prompt",))
+        rows = read_jsonl(args.prompt_file, texts=("prompt",))
         for row, story in zip(rows, run([r["prompt"] for r in rows])):
             print(json.dumps({"prompt": row["prompt"], "response": story}, ensure_ascii=False))
         return 0
@@ -136,32 +136,44 @@ def _interactive(args, run) -> int:
 
 # ----------------------------------------------------------------------------------------------- compare
 def add_compare(sub) -> None:
-    p = sub.add_parser("compare", help="compare two checkpoints or two revisions/experiments",
-                       description="`pico compare base dpo` compares two checkpoints of this workspace (from "
-                                   "metrics/evaluate.json); `pico compare --rev A --rev B` compares two git revisions "
-                                   "or DVC experiments, read through DVC.")
-    p.add_argument("checkpoints", nargs="*", help="two checkpoint names (base, sft, dpo, ...), or one with --rev")
-    p.add_argument("--rev", action="append", default=[], help="a git revision or DVC experiment (give two)")
+    p = sub.add_parser("compare", help="compare two checkpoints, or runs (revisions/experiments, one or more seeds)",
+                       description="`pico compare base dpo`: two checkpoints of this workspace, metric by metric, and "
+                                   "for pass rates a paired test over the same specs (eval/generations_*.jsonl). "
+                                   "`pico compare --rev A --rev B [CKPT ...]`: two git revisions or DVC experiments, "
+                                   "read through DVC. `--rev A1,A2,A3 --rev B1,B2,B3`: several runs (seeds) per side: "
+                                   "means, spreads and Welch's t-test.")
+    p.add_argument("checkpoints", nargs="*", help="two checkpoint names (base, sft, dpo, ...), or some with --rev")
+    p.add_argument("--rev", action="append", default=[],
+                   help="one side: a git revision or DVC experiment, or several separated by commas (give two)")
     p.add_argument("--metrics-file", default="metrics/evaluate.json")
+    p.add_argument("--eval-dir", default="eval", help="where evaluate wrote generations_<split>.jsonl")
     p.add_argument("--all-metrics", action="store_true", help="with --rev: every metrics file, not just evaluate")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
 
 
 def cmd_compare(args) -> int:
-    from pico.compare import compare_metrics, flatten, to_json, to_markdown
+    from pico.checks import CHECKS
+    from pico.compare import compare_metrics, flatten, significance
 
+    noise: dict[str, list[dict]] = {}
     if args.rev:
         if len(args.rev) != 2:
-            raise PicoError("give exactly two --rev (e.g. --rev main --rev exp-1a2b3)")
-        a_rev, b_rev = args.rev
+            raise PicoError("give --rev twice, one per side (--rev main --rev exp-1a2b3, or --rev a1,a2 --rev b1,b2)")
+        sides = [[r.strip() for r in side.split(",") if r.strip()] for side in args.rev]
+        if any(len(side) > 1 for side in sides):
+            return _compare_seeds(args, sides)
+        (a_rev,), (b_rev,) = sides
         a, b = _metrics_pair(a_rev, b_rev)
         ea, eb = _by_checkpoint(a.get(args.metrics_file, {})), _by_checkpoint(b.get(args.metrics_file, {}))
         sections = {}
-        for ckpt in args.checkpoints or [k for k in ea if k in eb and k != "style_judge"]:
+        for ckpt in args.checkpoints or [k for k in ea if k in eb and k not in ("style_judge", "checker")]:
             if ckpt not in ea or ckpt not in eb:
                 raise PicoError(f"checkpoint {ckpt!r} is not in {args.metrics_file} of both revisions")
             sections[ckpt] = compare_metrics(ea[ckpt], eb[ckpt])
+            ra, rb = _generations_at(a_rev, args.eval_dir, ckpt), _generations_at(b_rev, args.eval_dir, ckpt)
+            if ra and rb:
+                noise[ckpt] = significance(ra, rb, list(CHECKS))
         if args.all_metrics or not sections:
             for path in sorted(set(a) | set(b)):
                 if path != args.metrics_file or not sections:
@@ -178,13 +190,87 @@ def cmd_compare(args) -> int:
                 raise PicoError(f"no checkpoint {name!r} in {args.metrics_file} (has: {', '.join(metrics)}); "
                                 f"run `dvc repro evaluate`")
         a_name, b_name = args.checkpoints
-        sections = {f"{a_name} -> {b_name}": compare_metrics(flatten(metrics[a_name]), flatten(metrics[b_name]))}
+        title = f"{a_name} -> {b_name}"
+        sections = {title: compare_metrics(flatten(metrics[a_name]), flatten(metrics[b_name]))}
+        records = _workspace_generations(Path(args.eval_dir))
+        noise[title] = significance([r for r in records if r["checkpoint"] == a_name],
+                                    [r for r in records if r["checkpoint"] == b_name], list(CHECKS))
         labels = (a_name, b_name)
-    if args.json:
-        print(json.dumps(to_json(sections, *labels), indent=2))
-    else:
-        print(to_markdown(sections, *labels))
+    _print_comparison(args, sections, noise, labels)
     return 0
+
+
+def _print_comparison(args, sections: dict, noise: dict[str, list[dict]], labels: tuple[str, str]) -> None:
+    from pico.compare import significance_markdown, to_json, to_markdown
+
+    if args.json:
+        out = to_json(sections, *labels)
+        for title, rows in noise.items():
+            out["sections"].setdefault(title, {})["significance"] = rows
+        print(json.dumps(out, indent=2))
+        return
+    print(to_markdown(sections, *labels))
+    for title, rows in noise.items():
+        if rows:
+            print(f"### {title}: more than noise?\n\n{significance_markdown(rows, *labels)}")
+
+
+def _compare_seeds(args, sides: list[list[str]]) -> int:
+    """Several runs per side: per checkpoint, every metric's mean, spread and Welch's test."""
+    from pico.compare import across_seeds, seeds_markdown
+
+    runs = [[_by_checkpoint(_metrics_at(rev, args.metrics_file)) for rev in side] for side in sides]
+    common = [k for k in runs[0][0]
+              if all(k in r for side in runs for r in side) and k not in ("style_judge", "checker")]
+    labels = tuple(",".join(side) for side in sides)
+    out = {}
+    for ckpt in args.checkpoints or common:
+        if ckpt not in common:
+            raise PicoError(f"checkpoint {ckpt!r} is not in {args.metrics_file} of every revision")
+        out[ckpt] = across_seeds([r[ckpt] for r in runs[0]], [r[ckpt] for r in runs[1]])
+    if args.json:
+        print(json.dumps({"a": sides[0], "b": sides[1], "checkpoints": out}, indent=2))
+    else:
+        for ckpt, rows in out.items():
+            print(f"### {ckpt}\n\n{seeds_markdown(rows, *labels)}")
+    return 0
+
+
+def _workspace_generations(eval_dir: Path) -> list[dict]:
+    from pico.io import read_jsonl
+
+    files = sorted(eval_dir.glob("generations_*.jsonl"))
+    if not files:
+        print(f"note: {eval_dir} holds no generations_*.jsonl: no paired tests (run `dvc repro evaluate`)",
+              file=sys.stderr)
+    return [r for f in files for r in read_jsonl(f, required=("checkpoint", "split", "index", "checks"))]
+
+
+def _generations_at(rev: str, eval_dir: str, checkpoint: str) -> list[dict]:
+    """A checkpoint's generation records at a revision or experiment (empty when DVC cannot read them there)."""
+    import dvc.api
+
+    records = []
+    for split in ("test_unseen", "test"):
+        try:
+            text = dvc.api.read(f"{eval_dir}/generations_{split}.jsonl", repo=".", rev=rev)
+        except Exception:  # not there at that revision, or not in the cache: compare without the paired test
+            continue
+        records += [r for r in map(json.loads, text.splitlines()) if r.get("checkpoint") == checkpoint]
+    return records
+
+
+def _metrics_at(rev: str, metrics_file: str) -> dict:
+    """{flat key: value} of one metrics file at a revision or DVC experiment."""
+    import dvc.api
+
+    try:
+        shown = dvc.api.metrics_show(metrics_file, repo=".", rev=rev)
+    except Exception as e:  # DVC's errors (unknown revision, missing file) become one line
+        raise PicoError(f"cannot read {metrics_file} at {rev!r}: {str(e).splitlines()[0] if str(e) else e}") from None
+    from pico.compare import flatten
+
+    return flatten(shown)
 
 
 def _metrics_pair(a_rev: str, b_rev: str) -> tuple[dict, dict]:

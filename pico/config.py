@@ -1,9 +1,7 @@
-"""Typed, validated configuration: one frozen dataclass per params.yaml section.
+"""Typed, validated configuration: one frozen dataclass per params.yaml section, the one source of values.
 
-params.yaml is the one source of values: each field carries its type, range and help line (`knob`, in
-pico/knobs.py), never a default, and a missing key is an error. One loop checks every field, so a bad value
-fails the first stage that reads it, before any work, naming the key (`params: dpo.beta: ...`).
-`pico params` prints every key with its range and help.
+Each field carries its type, range and help (`knob`, pico/knobs.py), never a default: a missing key is an error.
+A bad value fails before any work, naming the key (`params: dpo.beta: ...`). `pico params` lists every key.
 """
 
 from __future__ import annotations
@@ -18,6 +16,8 @@ from pico.errors import ParamsError
 from pico.knobs import Section, build_section, knob, read_yaml
 
 SPLITS = ("train", "valid", "test")
+UNSEEN = "test_unseen"  # SFT specs made only of held-out values
+SFT_SPLITS = (*SPLITS, UNSEEN)
 PURPOSES = ("baseline_comparison", "model_comparison", "hyperparameter_tuning", "ablation_study",
             "prompt_effectiveness", "data_quality_impact", "scaling_study", "uncategorized")
 SLUG = r"[a-z0-9][a-z0-9_\-]*"
@@ -152,15 +152,16 @@ class GenerateConfig(Section):
     seed: int = knob("spec and story seed", SEED)
     purpose: str = knob("why this data was made (a slug), recorded in data/dataset.json", pattern=SLUG)
     description: str = knob("free text, recorded in data/dataset.json")
-    sft_splits: dict[str, int] = knob("rows per split: train, valid, test")
+    sft_splits: dict[str, int] = knob("rows per split: train, valid, test, test_unseen (held-out values only)")
     dpo_splits: dict[str, int] = knob("pairs per split: train, valid, test")
+    heldout_share: float = knob("share of every value list kept out of train/valid/test, for test_unseen", "(0, 0.9]")
     pair_difficulty: Literal["easy", "hard"] | float = knob("easy, hard, or the share of hard pairs in [0, 1]")
     teacher: TeacherConfig = knob("the teacher LLM (provider: openai)")
 
     def validate(self) -> None:
-        for name in ("sft_splits", "dpo_splits"):
+        for name, keys in (("sft_splits", SFT_SPLITS), ("dpo_splits", SPLITS)):
             splits = getattr(self, name)
-            self.require(set(splits) == set(SPLITS), name, f"must have exactly the keys {', '.join(SPLITS)}")
+            self.require(set(splits) == set(keys), name, f"must have exactly the keys {', '.join(keys)}")
             for split, n in splits.items():
                 self.require(n >= 1, f"{name}.{split}", f"must be >= 1 (got {n})")
         if isinstance(self.pair_difficulty, float):
@@ -173,7 +174,7 @@ class EvaluateConfig(Section):
 
     KEY = "evaluate"
     checkpoints: dict[str, str] = knob("extra {name: path} beside base/sft/dpo (add the path to deps too)")
-    splits: list[Literal["train", "valid", "test"]] = knob("SFT splits whose specs are generated for")
+    splits: list[Literal["test_unseen", "test", "valid", "train"]] = knob("SFT splits generated for (unseen_, seen_)")
     device: Device = knob("auto picks cuda, then mps, then cpu")
     batch_size: int = knob("rows per forward pass", "(0, 65536]")
     val_batches: int = knob("TinyStories val windows (x batch_size) for val loss and bits per byte", "(0, inf)")

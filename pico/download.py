@@ -6,7 +6,6 @@ complete (and, when a checksum is given, verified) file is renamed to `dest`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import urllib.error
@@ -14,17 +13,9 @@ import urllib.request
 from pathlib import Path
 
 from pico.errors import DataError
-from pico.io import progress_bar
+from pico.io import progress_bar, sha256_file
 
 CHUNK = 1 << 20
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> None:

@@ -6,6 +6,7 @@ and are a pure function of (seed, epoch, index), like pretraining windows: resum
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from dataclasses import dataclass, field, replace
@@ -16,9 +17,10 @@ import torch.nn as nn
 
 from pico.device import autocast_for, dist_info
 from pico.losses import sequence_logps
-from pico.prompt import Encoded, encode_sft
+from pico.prompt import Encoded, encode_responses, encode_sft
 from pico.tokenizer import Tokenizer
 
+log = logging.getLogger(__name__)
 PAD_ID = 0  # any id works: padded positions are masked out of the loss and come after the real tokens
 
 
@@ -27,10 +29,12 @@ class EncodeReport:
     rows: int = 0
     kept: int = 0
     truncated: int = 0
-    dropped: int = 0
+    dropped: int = 0  # could not fit max_len
+    identical: int = 0  # DPO pairs whose chosen and rejected are the same text
 
     def as_dict(self) -> dict[str, int]:
-        return {"rows": self.rows, "kept": self.kept, "truncated": self.truncated, "dropped": self.dropped}
+        return {"rows": self.rows, "kept": self.kept, "truncated": self.truncated, "dropped": self.dropped,
+                "identical": self.identical}
 
 
 def encode_rows(rows: list[dict], encode_row: Callable[[dict], Any]) -> tuple[list, EncodeReport]:
@@ -70,17 +74,27 @@ class Pair:
     def length(self) -> int:
         return max(len(self.chosen.ids), len(self.rejected.ids))
 
+    @property
+    def n_tokens(self) -> tuple[int, int]:
+        """Response tokens (+ EOS) of chosen and rejected: what per-token averages divide by."""
+        return self.chosen.n_loss_tokens, self.rejected.n_loss_tokens
+
 
 def encode_pair(tok: Tokenizer, row: dict, max_len: int, truncation: str) -> Pair | None:
-    """Chosen and rejected, each encoded after the row's prompt; None when either side cannot fit."""
-    chosen = encode_sft(tok, row["prompt"], row["chosen"], max_len, truncation)
-    rejected = encode_sft(tok, row["prompt"], row["rejected"], max_len, truncation)
-    return Pair(chosen, rejected) if chosen is not None and rejected is not None else None
+    """Chosen and rejected after the same (possibly left-cut) prompt; None when the longer one cannot fit."""
+    encoded = encode_responses(tok, row["prompt"], [row["chosen"], row["rejected"]], max_len, truncation)
+    return Pair(*encoded) if encoded else None
 
 
 def encode_dpo_rows(tok: Tokenizer, rows: list[dict], max_len: int,
                     truncation: str) -> tuple[list[Pair], EncodeReport]:
-    return encode_rows(rows, lambda row: encode_pair(tok, row, max_len, truncation))
+    """Encoded pairs; a pair whose chosen and rejected are the same text teaches nothing: dropped, counted."""
+    distinct = [row for row in rows if row["chosen"] != row["rejected"]]
+    pairs, report = encode_rows(distinct, lambda row: encode_pair(tok, row, max_len, truncation))
+    report.rows, report.identical = len(rows), len(rows) - len(distinct)
+    if report.identical:
+        log.warning("dropped %d pair(s) whose chosen and rejected stories are identical", report.identical)
+    return pairs, report
 
 
 def with_reference(pairs: list[Pair], logps: torch.Tensor) -> list[Pair]:
@@ -116,6 +130,7 @@ def dpo_batch(pairs: list[Pair]) -> dict:
     batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs])
     batch["ref_chosen"] = torch.tensor([p.ref_chosen for p in pairs], dtype=torch.float32)
     batch["ref_rejected"] = torch.tensor([p.ref_rejected for p in pairs], dtype=torch.float32)
+    batch["n_tokens"] = torch.tensor([p.n_tokens for p in pairs], dtype=torch.float32)  # (B, 2), for IPO
     batch["n_items"] = len(pairs)  # the loss sums over pairs
     return batch
 

@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pico.checks import check_story, failed_checks
-from pico.config import SPLITS, GenerateConfig
+from pico.config import SFT_SPLITS, SPLITS, UNSEEN, GenerateConfig
 from pico.prompt import build_prompt
-from pico.spec import Spec, sample_specs
+from pico.spec import Spec, sample_specs, split_values
 from pico.stories import (
     BROKEN_CHECK,
     PAIR_KIND_EASY,
@@ -30,14 +30,25 @@ DATASETS = ("sft", "dpo")
 REFUSALS = ("i can't", "i cannot", "i'm sorry", "i am sorry", "as an ai", "i won't")
 
 
+def splits_of(dataset: str) -> tuple[str, ...]:
+    return SFT_SPLITS if dataset == "sft" else SPLITS
+
+
 def assign_specs(cfg: GenerateConfig) -> dict[tuple[str, str], list[Spec]]:
-    """One draw of distinct specs, cut into (dataset, split) parts: no spec is shared between any two."""
-    sizes = [(d, s, getattr(cfg, f"{d}_splits")[s]) for d in DATASETS for s in SPLITS]
-    specs = sample_specs(sum(n for _, _, n in sizes), cfg.seed)
+    """Distinct specs for every (dataset, split); no spec is shared between any two.
+
+    A seeded `heldout_share` of every value list is held out: train, valid and test specs use only the other
+    values, and sft/test_unseen only held-out ones, so it measures following a spec rather than recalling
+    value-to-sentence pairs seen in training.
+    """
+    seen, heldout = split_values(cfg.heldout_share, cfg.seed)
+    sizes = [(d, s, getattr(cfg, f"{d}_splits")[s]) for d in DATASETS for s in splits_of(d) if s != UNSEEN]
+    specs = sample_specs(sum(n for _, _, n in sizes), cfg.seed, seen)
     out, start = {}, 0
     for dataset, split, n in sizes:
         out[(dataset, split)] = specs[start : start + n]
         start += n
+    out[("sft", UNSEEN)] = sample_specs(cfg.sft_splits[UNSEEN], cfg.seed, heldout)
     return out
 
 
@@ -190,7 +201,7 @@ def generate_metrics(cfg: GenerateConfig, result: Generated, tok: Tokenizer | No
     metrics: dict = {}
     for dataset in DATASETS:
         metrics[dataset] = {}
-        for split in SPLITS:
+        for split in splits_of(dataset):
             rows = result.rows[(dataset, split)]
             metrics[dataset][split] = dataset_stats(rows, tok)
             if dataset == "dpo":
@@ -212,6 +223,7 @@ def dataset_card(cfg: GenerateConfig, result: Generated, digests: dict[str, str]
                     "temperature": cfg.teacher.temperature} if cfg.provider == "openai" else None,
         "seed": cfg.seed,
         "pair_difficulty": cfg.pair_difficulty,
-        "rows": {f"{d}/{s}": len(result.rows[(d, s)]) for d in DATASETS for s in SPLITS},
+        "heldout_share": cfg.heldout_share,
+        "rows": {f"{d}/{s}": len(result.rows[(d, s)]) for d in DATASETS for s in splits_of(d)},
         "sha256": digests,
     }

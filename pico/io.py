@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -48,6 +49,15 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -82,27 +92,34 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
     return len(lines)
 
 
-def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict]:
-    """Read a JSONL file; a malformed line or a row missing a required key raises DataError(file:line)."""
+def read_jsonl(path: str | Path, required: Iterable[str] = (), texts: Iterable[str] = ()) -> list[dict]:
+    """Read a JSONL file of objects. A malformed line, a row missing a `required` key, or a `texts` key that is
+    not a non-empty string raises DataError naming file:line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    required = tuple(required)
+    required, texts = tuple(required), tuple(texts)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON line: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise DataError(f"{path}:{lineno}: missing key(s) {', '.join(missing)}")
-            rows.append(row)
+    for lineno, raw in enumerate(path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {e.start} of the line)") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON line: {e.msg}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        missing = [k for k in required + texts if k not in row]
+        if missing:
+            raise DataError(f"{path}:{lineno}: missing key(s) {', '.join(missing)}")
+        for key in texts:
+            if not isinstance(row[key], str) or not row[key].strip():
+                raise DataError(f"{path}:{lineno}: \"{key}\" must be a non-empty string (got {row[key]!r:.40})")
+        rows.append(row)
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows

@@ -66,12 +66,16 @@ def dpo_loss(
     label_smoothing: float = 0.0,
     loss_type: str = "sigmoid",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-pair DPO loss and implicit rewards; every input is (B,) summed response log-probs.
+    """Per-pair DPO loss and implicit rewards; every input is (B,) response log-probs.
 
     h = (π_c − ref_c) − (π_r − ref_r)
     sigmoid: −(1−ε)·log σ(β·h) − ε·log σ(−β·h)
     ipo:     (h − 1/(2β))²
     reward = β·(π − ref), for chosen and rejected.
+
+    DPO takes log-probs summed over the response tokens. IPO takes them averaged per token (TRL and the IPO
+    authors do): its target margin 1/(2β) is a fixed number, which summed log-probs would make depend on the
+    stories' lengths. `dpo_batch_loss` passes whichever the loss type needs.
     """
     h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
     if loss_type == "sigmoid":
@@ -105,14 +109,20 @@ def dpo_batch_loss(model: nn.Module, batch: dict, *, beta: float, label_smoothin
                    loss_type: str = "sigmoid") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """DPO on a batch holding B chosen rows then B rejected rows in one (2B, T) tensor: one forward pass.
 
-    The reference log-probs were computed once, before training (`ref_chosen`, `ref_rejected`, (B,)).
+    The reference log-probs were computed once, before training (`ref_chosen`, `ref_rejected`, (B,), summed);
+    `n_tokens` (B, 2) gives the per-token averages IPO uses.
     Stats use TRL's names and are sums over pairs; the loop turns them into means.
     """
     logits = model(batch["input_ids"])
     logps = sequence_logps(logits, batch["targets"], batch["loss_mask"])
     policy_chosen, policy_rejected = logps.chunk(2)
-    losses, r_chosen, r_rejected = dpo_loss(policy_chosen, policy_rejected, batch["ref_chosen"],
-                                            batch["ref_rejected"], beta, label_smoothing, loss_type)
+    ref_chosen, ref_rejected = batch["ref_chosen"], batch["ref_rejected"]
+    if loss_type == "ipo":  # per-token averages (see dpo_loss)
+        n_chosen, n_rejected = batch["n_tokens"].unbind(1)
+        policy_chosen, policy_rejected = policy_chosen / n_chosen, policy_rejected / n_rejected
+        ref_chosen, ref_rejected = ref_chosen / n_chosen, ref_rejected / n_rejected
+    losses, r_chosen, r_rejected = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta,
+                                            label_smoothing, loss_type)
     stats = {
         "rewards/chosen": r_chosen.sum(),
         "rewards/rejected": r_rejected.sum(),

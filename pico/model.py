@@ -272,6 +272,17 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Turn every dropout of `model` off (DPO: a policy whose log-probs are noisy would drift from the reference
+    for no reason; at step 0 the loss is then exactly ln 2, as TRL's `disable_dropout` ensures)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        elif isinstance(module, (CausalSelfAttention, nn.LSTM)):
+            module.dropout = 0.0
+    return model
+
+
 def count_params(model: nn.Module) -> int:
     """Parameters, tied weights counted once."""
     return sum(p.numel() for p in model.parameters())

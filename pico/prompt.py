@@ -69,22 +69,32 @@ class Encoded:
         return len(self.ids) - self.loss_start
 
 
-def encode_sft(tok: Tokenizer, prompt: str, response: str, max_len: int, truncation: str = "left") -> Encoded | None:
-    """Encode one (prompt, response) pair; None when it cannot fit (`truncation: drop`, or response too long).
+def encode_responses(tok: Tokenizer, prompt: str, responses: list[str], max_len: int,
+                     truncation: str = "left") -> list[Encoded] | None:
+    """Encode responses after one prompt, all against the same prompt ids; None when they cannot fit.
 
-    Over-long pairs lose prompt tokens from the left (the instructions at the top go first; the spec and
-    "Story:" stay next to the response), so the response ids and their mask never shift.
+    Over-long rows lose prompt tokens from the left (the instructions at the top go first; the spec and
+    "Story:" stay next to the response), so the response ids and their mask never shift. The longest
+    response decides the cut, so every response (chosen and rejected of a DPO pair) sees the same prompt, as
+    TRL does. `truncation: drop` drops over-long rows instead; a row whose response alone does not fit is
+    always dropped (at least one prompt token must give the first response token its context).
     """
+    if not prompt:
+        raise ValueError("the prompt is empty: nothing to condition the response on")
     prompt_ids = tok.encode(prompt)
-    response_ids = tok.encode(response) + [tok.eot_id]
-    truncated = False
-    overflow = len(prompt_ids) + len(response_ids) - max_len
+    response_ids = [tok.encode(r) + [tok.eot_id] for r in responses]
+    overflow = len(prompt_ids) + max(len(r) for r in response_ids) - max_len
     if overflow > 0:
         if truncation == "drop" or overflow >= len(prompt_ids):
-            return None  # keep at least one prompt token so the first response token has context
+            return None
         prompt_ids = prompt_ids[overflow:]
-        truncated = True
-    return Encoded(ids=prompt_ids + response_ids, loss_start=len(prompt_ids), truncated=truncated)
+    return [Encoded(ids=prompt_ids + r, loss_start=len(prompt_ids), truncated=overflow > 0) for r in response_ids]
+
+
+def encode_sft(tok: Tokenizer, prompt: str, response: str, max_len: int, truncation: str = "left") -> Encoded | None:
+    """Encode one (prompt, response) pair: ids and the loss start; None when it cannot fit."""
+    encoded = encode_responses(tok, prompt, [response], max_len, truncation)
+    return encoded[0] if encoded else None
 
 
 def encode_prompt(tok: Tokenizer, prompt: str) -> list[int]:

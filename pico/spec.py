@@ -139,31 +139,48 @@ def pronouns(name: str) -> dict[str, str]:
             "they": {"subj": "they", "obj": "them", "pos": "their", "refl": "themselves"}}[p]
 
 
-def n_distinct_specs() -> int:
-    return math.prod(len(VALUES[f]) for f in FIELDS)
+Values = dict[str, list[str]]
 
 
-def sample_specs(n: int, seed: int) -> list[Spec]:
+def split_values(heldout_share: float, seed: int, values: Values = VALUES) -> tuple[Values, Values]:
+    """(seen, held-out) parts of every value list: a seeded `heldout_share` of each list (at least one value
+    when the share is above 0) is kept out of training data, for specs no model has seen a value of."""
+    seen, heldout = {}, {}
+    for f in FIELDS:
+        order = list(values[f])
+        random.Random(f"{seed}/heldout/{f}").shuffle(order)
+        k = math.ceil(heldout_share * len(order))
+        heldout[f] = sorted(order[:k], key=values[f].index)  # in list order, so the draw below is stable
+        seen[f] = [v for v in values[f] if v not in heldout[f]]
+    return seen, heldout
+
+
+def n_distinct_specs(values: Values = VALUES) -> int:
+    return math.prod(len(values[f]) for f in FIELDS)
+
+
+def sample_specs(n: int, seed: int, values: Values = VALUES) -> list[Spec]:
     """`n` distinct specs, drawn field by field from the value lists with `random.Random(seed)`."""
-    limit = n_distinct_specs()
+    limit = n_distinct_specs(values)
     if n > limit:
-        raise ParamsError("generate.splits", f"asks for {n} distinct specs but the value lists allow only {limit}")
+        raise ParamsError("generate.sft_splits", f"asks for {n} distinct specs but the value lists allow only {limit}")
     if n > limit // 2:
         # dense request: sample indices without replacement so the loop below cannot stall
         rng = random.Random(seed)
         out = []
         for index in rng.sample(range(limit), n):
             values = {}
+            drawn = {}
             for f in reversed(FIELDS):
-                index, i = divmod(index, len(VALUES[f]))
-                values[f] = VALUES[f][i]
-            out.append(Spec(**values))
+                index, i = divmod(index, len(values[f]))
+                drawn[f] = values[f][i]
+            out.append(Spec(**drawn))
         return out
     rng = random.Random(seed)
     seen: set[Spec] = set()
     out: list[Spec] = []
     while len(out) < n:
-        spec = Spec(**{f: rng.choice(VALUES[f]) for f in FIELDS})
+        spec = Spec(**{f: rng.choice(values[f]) for f in FIELDS})
         if spec not in seen:
             seen.add(spec)
             out.append(spec)

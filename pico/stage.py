@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import logging
 import sys
@@ -47,14 +46,6 @@ def write_curve_csv(path: str | Path, rows: list[dict], columns: list[str] | Non
 
 def _fmt(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else ("" if value is None else value)
-
-
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def stage_args(doc: str, paths: list[str], argv: list[str] | None, resume: str | None = None) -> argparse.Namespace:

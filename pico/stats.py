@@ -17,6 +17,13 @@ from scipy import stats as sp
 Z95 = 1.959963984540054
 
 
+def _rounded(key: str, value):
+    """Rates and differences to 5 decimals; p-values to 4 significant digits (a small p must stay visible)."""
+    if not isinstance(value, float) or not math.isfinite(value):
+        return value
+    return float(f"{value:.4g}") if key == "p_value" else round(float(value), 5)
+
+
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     """95% Wilson score interval of the rate k/n; (0, 1) when n is 0."""
     if n == 0:
@@ -32,7 +39,7 @@ def mcnemar_exact(b_only: int, a_only: int) -> float:
     n = a_only + b_only
     if n == 0:
         return 1.0
-    return min(1.0, 2 * sp.binom.cdf(min(a_only, b_only), n, 0.5))
+    return float(min(1.0, 2 * sp.binom.cdf(min(a_only, b_only), n, 0.5)))
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ class PairedDifference:
     p_value: float  # McNemar exact, two-sided
 
     def as_dict(self) -> dict:
-        return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        return {k: _rounded(k, v) for k, v in self.__dict__.items()}
 
 
 def paired_difference(a: list[bool], b: list[bool]) -> PairedDifference:
@@ -86,7 +93,7 @@ class SeedsDifference:
     p_value: float  # Welch's t-test, two-sided (nan with fewer than 2 runs a side)
 
     def as_dict(self) -> dict:
-        return {k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else v) for k, v in self.__dict__.items()}
+        return {k: _rounded(k, v) for k, v in self.__dict__.items()}
 
 
 def seeds_difference(a: list[float], b: list[float]) -> SeedsDifference:

@@ -13,8 +13,8 @@ import yaml
 from pico import bundle as B
 from pico.config import PURPOSES, load_params
 from pico.errors import PicoError
-from pico.io import read_json, read_jsonl
-from pico.stage import file_digest, run_stage, stage_args
+from pico.io import read_json, read_jsonl, sha256_file
+from pico.stage import run_stage, stage_args
 
 log = logging.getLogger("bundle")
 METRICS = ["prepare", "tokenizer", "generate", "pretrain", "sft", "dpo", "evaluate"]
@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)
     if params.experiment.purpose == "uncategorized":
         log.warning("experiment.purpose is 'uncategorized'; say why this run exists (%s)", ", ".join(PURPOSES[:-1]))
-    metrics_dir, plots_dir, generations = Path(args.metrics_dir), Path(args.plots_dir), Path(args.eval_dir)
-    generations = generations / "generations_test.jsonl"
+    metrics_dir, plots_dir, eval_dir = Path(args.metrics_dir), Path(args.plots_dir), Path(args.eval_dir)
+    generations = eval_dir / "generations_test_unseen.jsonl"
     curves = {stage: {part: pd.read_csv(plots_dir / stage / f"{part}.csv")
                       if (plots_dir / stage / f"{part}.csv").is_file() else None for part in ("train", "val")}
               for stage in ("pretrain", "sft", "dpo")}
@@ -38,12 +38,13 @@ def main(argv: list[str] | None = None) -> int:
         params=params, metrics={name: read_json(metrics_dir / f"{name}.json") for name in METRICS},
         dataset=read_json(args.dataset), curves=curves,
         generations=read_jsonl(generations) if generations.is_file() else [],
+        comparisons=read_json(eval_dir / "comparisons.json") if (eval_dir / "comparisons.json").is_file() else {},
         dvc_yaml=yaml.safe_load(Path("dvc.yaml").read_text()),
         lock=yaml.safe_load(Path("dvc.lock").read_text()) or {} if Path("dvc.lock").is_file() else {}, files=files)
     out = Path(args.out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    B.write_bundle(tmp, inputs, file_digest(args.params))
+    B.write_bundle(tmp, inputs, sha256_file(args.params))
     leaked = B.find_secrets([tmp], B.secret_values())
     if leaked:
         shutil.rmtree(tmp)

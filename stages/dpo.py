@@ -10,10 +10,10 @@ from pathlib import Path
 from pico.checkpoint import load_checkpoint
 from pico.config import load_params
 from pico.device import is_main_process, resolve_device
-from pico.io import read_jsonl
+from pico.io import read_jsonl, sha256_file
 from pico.recipes import write_trained
 from pico.recipes.finetune import dpo
-from pico.stage import file_digest, run_stage, stage_args
+from pico.stage import run_stage, stage_args
 from pico.tokenizer import load_tokenizer
 
 log = logging.getLogger("dpo")
@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     tok = load_tokenizer(args.tokenizer)
     sft_ckpt = load_checkpoint(args.sft, tokenizer_hash=tok.hash)
-    rows = [read_jsonl(path, required=("prompt", "chosen", "rejected")) for path in (args.train, args.valid)]
-    inputs_id = tuple(file_digest(path) for path in (args.sft, args.train, args.valid))
+    rows = [read_jsonl(path, texts=("prompt", "chosen", "rejected")) for path in (args.train, args.valid)]
+    inputs_id = tuple(sha256_file(path) for path in (args.sft, args.train, args.valid))
     trained = dpo(cfg, sft_ckpt, tok, *rows, reference_cache=Path(args.reference_out), inputs_id=inputs_id,
                           resume=Path(args.resume))
     if is_main_process():

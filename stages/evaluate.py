@@ -1,7 +1,8 @@
 """Stage `evaluate`: every checkpoint on held-out data, plus checked generations for fixed test specs.
 
 Writes metrics/evaluate.json ({checkpoint: {metric: value}}), eval/generations_{split}.jsonl,
-eval/summary_{split}.json and plots/evaluate/checkpoints.csv.
+eval/summary_{split}.json, eval/comparisons.json (paired differences base -> sft -> dpo) and
+plots/evaluate/checkpoints.csv.
 """
 
 from __future__ import annotations
@@ -30,16 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = {name: load_checkpoint(path, tokenizer_hash=tok.hash, device=device) for name, path in paths.items()}
     sft_dir, dpo_dir = Path(args.sft_dir), Path(args.dpo_dir)
     pairs = ("prompt", "chosen", "rejected")
-    result = evaluate(
-        cfg, checkpoints, tok, beta=params.dpo.beta, val_tokens=load_tokens(args.val_tokens),
-        sft_test=read_jsonl(sft_dir / "test.jsonl", required=("prompt", "response", "spec")),
-        dpo_train=read_jsonl(dpo_dir / "train.jsonl", required=pairs),
-        dpo_test=read_jsonl(dpo_dir / "test.jsonl", required=pairs),
-        gen_rows={split: read_jsonl(sft_dir / f"{split}.jsonl", required=("prompt", "spec"))[: cfg.n_generations]
-                  for split in cfg.splits})
+    sft_tests = {split: read_jsonl(sft_dir / f"{split}.jsonl", required=("spec",), texts=("prompt", "response"))
+                 for split in cfg.splits}
+    result = evaluate(cfg, checkpoints, tok, sft_tests=sft_tests, val_tokens=load_tokens(args.val_tokens),
+                      dpo_train=read_jsonl(dpo_dir / "train.jsonl", texts=pairs),
+                      dpo_test=read_jsonl(dpo_dir / "test.jsonl", texts=pairs),
+                      gen_rows={split: rows[: cfg.n_generations] for split, rows in sft_tests.items()})
     for split in cfg.splits:
         write_jsonl(Path(args.out_dir) / f"generations_{split}.jsonl", result.records[split])
         write_json(Path(args.out_dir) / f"summary_{split}.json", result.summaries[split])
+    write_json(Path(args.out_dir) / "comparisons.json", result.comparisons)
     bars = [{"checkpoint": name, **{k: result.metrics[name].get(k) for k in KEY_METRICS}} for name in checkpoints]
     write_curve_csv(Path(args.plots_dir) / "checkpoints.csv", bars, ["checkpoint", *KEY_METRICS])
     write_json(args.metrics, result.metrics)

@@ -6,11 +6,11 @@ import logging
 import os
 from pathlib import Path
 
-from pico.config import SPLITS, load_params
+from pico.config import load_params
 from pico.errors import DataError
-from pico.generate import DATASETS, dataset_card, generate_metrics, generate_rows
-from pico.io import progress_bar, write_json, write_jsonl, write_text
-from pico.stage import file_digest, run_stage, stage_args
+from pico.generate import dataset_card, generate_metrics, generate_rows
+from pico.io import progress_bar, sha256_file, write_json, write_jsonl, write_text
+from pico.stage import run_stage, stage_args
 from pico.teacher import TeacherClient, api_key_from_env
 from pico.tokenizer import load_tokenizer
 
@@ -25,19 +25,19 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.provider == "openai":  # check the key before any work
         client = TeacherClient(cfg.teacher, args.cache_dir, api_key_from_env(os.environ, cfg.teacher), seed=cfg.seed)
     tok = load_tokenizer(args.tokenizer) if Path(args.tokenizer).is_file() else None  # for token stats
-    total = sum(sum(getattr(cfg, f"{d}_splits").values()) for d in DATASETS)
+    total = sum(cfg.sft_splits.values()) + sum(cfg.dpo_splits.values())
     with progress_bar(total=total, desc="generate", unit="row", leave=False) as bar:
         result = generate_rows(cfg, client, progress=bar)
     digests = {}
     for (dataset, split), rows in result.rows.items():
         path = Path(args.out_dir) / dataset / f"{split}.jsonl"
         write_jsonl(path, rows)
-        digests[f"{dataset}/{split}.jsonl"] = file_digest(path)
+        digests[f"{dataset}/{split}.jsonl"] = sha256_file(path)
     write_text(Path(args.cache_dir) / "README.txt", CACHE_README)
     card = dataset_card(cfg, result, digests)
     write_json(Path(args.out_dir) / "dataset.json", card)
     write_json(args.metrics, generate_metrics(cfg, result, tok, client))
-    empty = [f"{d}/{s}" for d in DATASETS for s in SPLITS if not result.rows[(d, s)]]
+    empty = [f"{d}/{s}" for (d, s), rows in result.rows.items() if not rows]
     if empty:
         raise DataError(f"generation left no rows in {', '.join(empty)} (see metrics 'dropped'); "
                         f"raise generate.teacher.max_attempts or check the teacher")

@@ -18,15 +18,16 @@ BIN = Path(sys.executable).parent
 TINY_PARAMS = {
     "prepare": {"max_stories": 400, "max_val_stories": 60},
     "tokenizer": {"vocab_size": 1024},
-    "generate": {"sft_splits": {"train": 24, "valid": 8, "test": 8}, "dpo_splits": {"train": 24, "valid": 8, "test": 8}},
+    "generate": {"sft_splits": {"train": 24, "valid": 8, "test": 8, "test_unseen": 8},
+                 "dpo_splits": {"train": 24, "valid": 8, "test": 8}},
     "model": {"d_model": 32, "n_layer": 2, "n_head": 2, "max_seq_len": 640},
-    "pretrain": {"max_steps": 12, "batch_size": 4, "seq_len": 64, "eval_every": 6, "save_every": 6,
+    "pretrain": {"max_steps": 60, "batch_size": 4, "seq_len": 64, "eval_every": 30, "save_every": 30, "lr": 0.01,
                  "eval_batches": 2, "warmup_steps": 2, "device": "cpu"},
     "sft": {"max_len": 640, "max_steps": 6, "batch_size": 4, "eval_every": 3, "save_every": 3, "warmup_steps": 1,
             "device": "cpu"},
     "dpo": {"max_len": 640, "max_steps": 6, "batch_size": 2, "eval_every": 3, "save_every": 3, "warmup_steps": 1,
             "device": "cpu"},
-    "evaluate": {"n_generations": 16, "max_new_tokens": 40, "val_batches": 2, "batch_size": 8, "device": "cpu"},
+    "evaluate": {"n_generations": 8, "max_new_tokens": 40, "val_batches": 2, "batch_size": 8, "device": "cpu"},
     "bundle": {"dpi": 60},
 }
 

@@ -6,13 +6,17 @@ import json
 from collections import Counter
 
 import pytest
+from conftest import REPO
 
-from pico.checks import CHECKS, FIXTURES_PATH, check_story, checker_accuracy, failed_checks, is_reference, \
-    load_checker_fixtures
+from pico.checker_fixtures import (
+    FIXTURES_PATH,
+    checker_accuracy,
+    is_reference,
+    load_checker_fixtures,
+)
+from pico.checks import CHECKS, check_story, failed_checks
 from pico.cli import main
 from pico.spec import VALUES, Spec
-
-from conftest import REPO
 
 MIN_REFERENCE_PASS_RATE = 0.95
 REQUIRED_ADVERSARIAL_KINDS = {"field_dump", "word_salad", "shuffled_sentences", "wrong_spec", "taboo_deleted",

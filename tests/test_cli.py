@@ -95,15 +95,28 @@ def test_interactive_mode_reads_fields_until_eof(monkeypatch, capsys, tiny_check
 
 
 def test_compare_two_checkpoints(capsys, tmp_path):
-    metrics = {"base": {"sft_test_loss": 6.0, "pass_all": 0.0}, "dpo": {"sft_test_loss": 1.0, "pass_all": 0.5}}
+    from pico.checks import CHECKS
+
+    metrics = {"base": {"sft_test_loss": 6.0, "unseen_pass_all": 0.1},
+               "dpo": {"sft_test_loss": 1.0, "unseen_pass_all": 0.9}}
     path = tmp_path / "evaluate.json"
     path.write_text(json.dumps(metrics))
-    assert main(["compare", "base", "dpo", "--metrics-file", str(path)]) == 0
+    records = [{"checkpoint": name, "split": "test_unseen", "index": i, "passed_all": passed(i),
+                "checks": {c: passed(i) for c in CHECKS}}
+               for name, passed in (("base", lambda i: i == 0), ("dpo", lambda i: i != 3)) for i in range(10)]
+    (tmp_path / "generations_test_unseen.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = ["compare", "base", "dpo", "--metrics-file", str(path), "--eval-dir", str(tmp_path)]
+    assert main(args) == 0
     out = capsys.readouterr().out
+    assert out.index("unseen_pass_all") < out.index("sft_test_loss")  # the headline first
     assert "| sft_test_loss | 6 | 1 | -5 | -83.3% | ▲ better |" in out
     assert "Regressions (0): none" in out
-    assert main(["compare", "base", "dpo", "--metrics-file", str(path), "--json"]) == 0
+    # 9 of 10 vs 1 of 10 on the same specs: 8 specs only dpo passes, none only base: McNemar p = 2/2^8
+    assert "| test_unseen | pass_all | 0.100 | 0.900 | +0.800" in out and "| 0 / 8 | 0.00781 | significant |" in out
+    assert main([*args, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["sections"]["base -> dpo"]["improvements"] == ["sft_test_loss", "pass_all"]
+    assert data["sections"]["base -> dpo"]["improvements"] == ["unseen_pass_all", "sft_test_loss"]
+    sig = data["sections"]["base -> dpo"]["significance"][0]
+    assert sig["metric"] == "pass_all" and sig["significant"] and sig["lo"] > 0
     assert main(["compare", "base", "nope", "--metrics-file", str(path)]) == 2
     assert "no checkpoint 'nope'" in capsys.readouterr().err

@@ -37,3 +37,32 @@ def test_flatten_and_renderers():
     assert "Average improvement over 1 comparable metrics: +50.0%" in md
     js = to_json({"x": rows}, "base", "dpo")
     assert js["sections"]["x"]["improvements"] == ["val_loss"]
+
+
+def test_across_seeds_reports_means_spreads_and_welch():
+    from pico.compare import across_seeds, seeds_markdown
+
+    a = [{"unseen_pass_all": v, "n_words": 100.0, "sft_test_loss": 1.0 + v} for v in (0.30, 0.34, 0.32)]
+    b = [{"unseen_pass_all": v, "n_words": 120.0, "sft_test_loss": 1.0 + v} for v in (0.52, 0.55, 0.50)]
+    rows = {r["metric"]: r for r in across_seeds(a, b)}
+    assert "n_words" not in rows  # neither better nor worse: not tested
+    r = rows["unseen_pass_all"]
+    assert r["n_a"] == 3 and r["mean_a"] == pytest.approx(0.32) and r["std_a"] == pytest.approx(0.02)
+    assert r["diff"] == pytest.approx(0.2033, abs=1e-3) and r["significant"] and r["p_value"] < 0.01
+    md = seeds_markdown(list(rows.values()), "sft", "dpo")
+    assert "| unseen_pass_all | 0.32 ± 0.02 (n=3) | 0.5233 ± 0.02517 (n=3) |" in md
+    assert md.splitlines()[4].endswith("| better |") and "| worse |" in md  # the loss went up: worse
+
+
+def test_significance_is_paired_per_split_and_check():
+    from pico.compare import significance
+
+    def rec(split, i, ok):
+        return {"split": split, "index": i, "passed_all": ok, "checks": {"fluent": True}}
+
+    a = [rec("test_unseen", i, False) for i in range(6)]
+    b = [rec("test_unseen", i, True) for i in range(6)] + [rec("test", 0, True)]
+    rows = significance(a, b, ["fluent"])
+    assert [(r["split"], r["metric"]) for r in rows] == [("test_unseen", "pass_all"), ("test_unseen", "fluent")]
+    assert rows[0]["diff"] == 1.0 and rows[0]["p_value"] == pytest.approx(2 / 64, rel=1e-3)
+    assert rows[1]["diff"] == 0.0 and not rows[1]["significant"]

@@ -4,6 +4,7 @@ code change reruns the stages it touches and no others."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,14 @@ def imported_modules(path: Path) -> set[str]:
     return {m for m in out if module_file(m)}
 
 
+def data_files(path: Path) -> set[str]:
+    """Files a module ships beside itself and reads (`Path(__file__).with_name("...")`)."""
+    names = re.findall(r'Path\(__file__\)\.with_name\("([^"]+)"\)', path.read_text())
+    return {str((path.parent / name).relative_to(REPO)) for name in names}
+
+
 def pico_closure(script: Path) -> set[str]:
+    """The pico modules a script imports, directly or not, and the data files they read."""
     seen: set[str] = set()
     todo = list(imported_modules(script))
     while todo:
@@ -42,7 +50,8 @@ def pico_closure(script: Path) -> set[str]:
         if module not in seen:
             seen.add(module)
             todo += imported_modules(module_file(module))
-    return {str(module_file(m).relative_to(REPO)) for m in seen}
+    files = {module_file(m) for m in seen}
+    return {str(f.relative_to(REPO)) for f in files} | {d for f in files for d in data_files(f)}
 
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]

@@ -58,7 +58,7 @@ def test_padded_batches_mask_padding_and_count_weight(tok):
     short = min(range(2), key=lambda i: len(encoded[i].ids))
     n = len(encoded[short].ids) - 1
     assert batch["loss_mask"][short, n:].sum() == 0  # padding never counts
-    assert report.as_dict() == {"rows": 2, "kept": 2, "truncated": 0, "dropped": 0}
+    assert report.as_dict() == {"rows": 2, "kept": 2, "truncated": 0, "dropped": 0, "identical": 0}
 
 
 def test_truncation_report_counts_truncated_and_dropped(tok):
@@ -146,3 +146,73 @@ def test_sft_steps_lower_the_response_loss(tok):
                  grad_accum=1, grad_clip=1.0, weight_decay=0.0, min_lr_ratio=0.1)
     train(model, cfg, total_steps=20, get_batch=lambda k: batch, loss_fn=lm_loss)
     assert lm_loss(model, batch)[0].item() / batch["n_items"] < before - 1.0
+
+
+# ----------------------------------------------------------------------------------------------- DPO details
+def test_dpo_turns_dropout_off_so_step_0_is_exactly_ln2(tok, tmp_path):
+    """With dropout 0.3 in the model, DPO's first loss is still ln 2 and every margin 0 (TRL's disable_dropout)."""
+    from pico.checkpoint import Checkpoint
+    from pico.recipes.finetune import dpo
+
+    model_cfg = config("model", d_model=32, n_layer=2, n_head=2, max_seq_len=64, dropout=0.3)
+    torch.manual_seed(0)
+    model = build_model(model_cfg, tok.vocab_size)
+    rows = [{"prompt": f"Title: Night {i}\nStory:\n", "chosen": f"{n} heard the walls whisper.",
+             "rejected": f"{n} laughed in the sun."} for i, n in enumerate(["Mina", "Kai", "Ruth", "Theo"])]
+    cfg = config("dpo", device="cpu", batch_size=4, grad_accum=1, max_steps=2, max_len=64, warmup_steps=0,
+                 eval_every=1, save_every=10, log_every=1)
+    out = dpo(cfg, Checkpoint(model, model_cfg, {}), tok, rows, rows, reference_cache=tmp_path / "ref.pt")
+    first = out.result.train_curve[0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    assert all(m.p == 0 for m in out.model.modules() if isinstance(m, torch.nn.Dropout))
+
+
+def test_chosen_and_rejected_are_cut_against_the_same_prompt(tok):
+    from pico.finetune import encode_pair
+
+    row = {"prompt": "the dark door " * 30, "chosen": "Mina ran " * 4, "rejected": "Kai"}
+    pair = encode_pair(tok, row, 60, "left")
+    prompt_c = pair.chosen.ids[: pair.chosen.loss_start]
+    assert prompt_c == pair.rejected.ids[: pair.rejected.loss_start]  # the longer response decided the cut
+    assert len(pair.chosen.ids) <= 60 and pair.truncated
+    assert encode_pair(tok, row, 60, "drop") is None
+
+
+def test_an_empty_prompt_is_an_error_not_a_row_that_trains_on_nothing(tok, tmp_path):
+    from pico.errors import DataError
+    from pico.io import read_jsonl
+
+    with pytest.raises(ValueError, match="prompt is empty"):
+        encode_sft(tok, "", "Mina ran.", 64)
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"prompt": "Story:", "response": "Mina ran."}\n{"prompt": "", "response": "Kai ran."}\n')
+    with pytest.raises(DataError, match=r"train.jsonl:2: \"prompt\" must be a non-empty string"):
+        read_jsonl(path, texts=("prompt", "response"))
+
+
+def test_identical_chosen_and_rejected_are_dropped_and_counted(tok):
+    rows = [{"prompt": "Story:\n", "chosen": "Mina ran.", "rejected": "Mina ran."},
+            {"prompt": "Story:\n", "chosen": "Mina ran.", "rejected": "Kai hid."}]
+    pairs, report = encode_dpo_rows(tok, rows, 64, "left")
+    assert len(pairs) == 1 and report.identical == 1 and report.rows == 2
+
+
+def test_ipo_uses_per_token_average_log_probs(tok):
+    from pico.losses import dpo_loss, sequence_logps
+
+    pairs = tiny_pairs(tok)[:3]
+    model = tiny_model(tok).eval()
+    ref_model = tiny_model(tok, seed=5).eval()
+    pairs = with_reference(pairs, pair_logps(ref_model, pairs, 3, torch.device("cpu")))
+    batch = dpo_batch(pairs)
+    loss_sum, _ = dpo_batch_loss(model, batch, beta=0.5, loss_type="ipo")
+    logps = sequence_logps(model(batch["input_ids"]), batch["targets"], batch["loss_mask"])
+    n = torch.tensor([p.n_tokens for p in pairs], dtype=torch.float32)
+    pc, pr = logps[:3] / n[:, 0], logps[3:] / n[:, 1]
+    rc = torch.tensor([p.ref_chosen for p in pairs]) / n[:, 0]
+    rr = torch.tensor([p.ref_rejected for p in pairs]) / n[:, 1]
+    want = dpo_loss(pc, pr, rc, rr, 0.5, loss_type="ipo")[0].sum()
+    assert loss_sum.item() == pytest.approx(want.item(), rel=1e-5)
+    summed = dpo_loss(logps[:3], logps[3:], rc * n[:, 0], rr * n[:, 1], 0.5, loss_type="ipo")[0].sum()
+    assert abs(loss_sum.item() - summed.item()) > 1e-3  # not the summed-log-prob IPO

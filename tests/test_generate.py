@@ -26,10 +26,11 @@ from pico.teacher import TeacherClient, TeacherError, api_key_from_env
 from conftest import REPO, config
 
 SMALL = {"train": 6, "valid": 2, "test": 2}
+SMALL_SFT = {**SMALL, "test_unseen": 2}
 
 
 def small_cfg(**kw) -> GenerateConfig:
-    return config("generate", **{"sft_splits": SMALL, "dpo_splits": SMALL, **kw})
+    return config("generate", **{"sft_splits": SMALL_SFT, "dpo_splits": SMALL, **kw})
 
 
 # ----------------------------------------------------------------------------------------------- format
@@ -122,7 +123,7 @@ def test_easy_pairs_reject_a_wholesome_story():
 
 
 def test_mix_ratio_gives_both_kinds():
-    cfg = config("generate", dpo_splits={"train": 200, "valid": 1, "test": 1}, sft_splits=SMALL, pair_difficulty=0.5)
+    cfg = config("generate", dpo_splits={"train": 200, "valid": 1, "test": 1}, sft_splits=SMALL_SFT, pair_difficulty=0.5)
     kinds = [r["pair_kind"] for r in generate_rows(cfg).rows[("dpo", "train")]]
     n_hard = sum(k != "wholesome" for k in kinds)
     assert 70 < n_hard < 130
@@ -147,8 +148,25 @@ def test_articles_and_pronouns_read_right():
 
 def test_too_many_rows_for_the_value_lists_is_a_params_error():
     n = n_distinct_specs()
-    with pytest.raises(ParamsError, match="generate.splits"):
-        assign_specs(config("generate", sft_splits={"train": n, "valid": 1, "test": 1}))
+    with pytest.raises(ParamsError, match="generate.sft_splits"):
+        assign_specs(config("generate", sft_splits={"train": n, "valid": 1, "test": 1, "test_unseen": 1}))
+
+
+@pytest.mark.parametrize("share", [0.1, 0.25, 0.5])
+def test_test_unseen_specs_use_only_values_no_training_split_uses(share):
+    parts = assign_specs(config("generate", heldout_share=share))
+    unseen = parts[("sft", "test_unseen")]
+    assert len(unseen) == config("generate").sft_splits["test_unseen"]
+    for f in FIELDS:
+        trained = {getattr(s, f) for key, specs in parts.items() if key != ("sft", "test_unseen") for s in specs}
+        held = {getattr(s, f) for s in unseen}
+        assert not trained & held, f"{f}: {trained & held} in both"
+        assert len(held) <= -(-len(VALUES[f]) * share // 1)  # only the held-out share of the list
+    rows = generate_rows(config("generate", heldout_share=share)).rows
+    train_text = " ".join(r["response"] for r in rows[("sft", "train")]) + " ".join(
+        r["chosen"] + r["rejected"] for r in rows[("dpo", "train")])
+    for spec in unseen[:10]:
+        assert spec.taboo not in train_text and spec.twist not in train_text
 
 
 # ----------------------------------------------------------------------------------------------- teacher
@@ -177,7 +195,7 @@ def test_teacher_rows_are_valid_and_a_rerun_is_free(teacher, tmp_path):
     cfg = teacher_cfg(server)
     client = TeacherClient(cfg.teacher, tmp_path / "cache", "sk-test-123", seed=cfg.seed)
     first = generate_rows(cfg, client)
-    assert sum(len(r) for r in first.rows.values()) == 2 * sum(SMALL.values())
+    assert sum(len(r) for r in first.rows.values()) == sum(SMALL_SFT.values()) + sum(SMALL.values())
     n_requests = len(server.requests)
     again = generate_rows(cfg, TeacherClient(cfg.teacher, tmp_path / "cache", "sk-test-123", seed=cfg.seed))
     assert again.rows == first.rows
@@ -193,7 +211,7 @@ def test_teacher_faults_are_retried_and_counted(teacher, tmp_path):
     cfg = teacher_cfg(server)
     client = TeacherClient(cfg.teacher, tmp_path / "cache", "sk-test-123", seed=cfg.seed)
     out = generate_rows(cfg, client)
-    assert sum(len(r) for r in out.rows.values()) == 2 * sum(SMALL.values())
+    assert sum(len(r) for r in out.rows.values()) == sum(SMALL_SFT.values()) + sum(SMALL.values())
     retried = {k: v for k, v in client.stats.items() if k.startswith("retried/")}
     assert retried["retried/http_429"] == 1 and retried["retried/http_500"] == 2
     assert retried["retried/malformed"] == 1 and retried["retried/connection"] == 2  # dropped + timed out
@@ -212,7 +230,7 @@ def test_invalid_answers_are_regenerated_then_dropped(teacher, tmp_path):
     cfg2 = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, base_url=server2.base_url, concurrency=1))
     out2 = generate_rows(cfg2, TeacherClient(cfg2.teacher, tmp_path / "c2", "k", seed=cfg.seed))
     assert sum(out2.dropped.values()) == 1
-    assert sum(len(r) for r in out2.rows.values()) == 2 * sum(SMALL.values()) - 1
+    assert sum(len(r) for r in out2.rows.values()) == sum(SMALL_SFT.values()) + sum(SMALL.values()) - 1
 
 
 def test_teacher_gives_up_with_a_clear_error(teacher, tmp_path):
@@ -262,7 +280,7 @@ def run_stage(tmp_path, params: dict, env: dict | None = None) -> subprocess.Com
 
 
 def test_stage_writes_byte_identical_files_and_metrics(tmp_path):
-    params = {"generate": {"sft_splits": SMALL, "dpo_splits": SMALL, "purpose": "prompt_engineering"}}
+    params = {"generate": {"sft_splits": SMALL_SFT, "dpo_splits": SMALL, "purpose": "prompt_engineering"}}
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     assert run_stage(a, params).returncode == 0
@@ -277,7 +295,7 @@ def test_stage_writes_byte_identical_files_and_metrics(tmp_path):
 
 
 def test_stage_openai_without_key_fails_before_writing(tmp_path):
-    params = {"generate": {"provider": "openai", "sft_splits": SMALL, "dpo_splits": SMALL,
+    params = {"generate": {"provider": "openai", "sft_splits": SMALL_SFT, "dpo_splits": SMALL,
                            "teacher": {"api_key_env": "PICO_TEST_NO_SUCH_KEY"}}}
     proc = run_stage(tmp_path, params)
     assert proc.returncode == 2
@@ -288,7 +306,7 @@ def test_stage_openai_without_key_fails_before_writing(tmp_path):
 def test_stage_with_teacher_never_writes_the_key(teacher, tmp_path):
     server = teacher()
     secret = "sk-live-DO-NOT-LEAK-0123456789"
-    params = {"generate": {"provider": "openai", "sft_splits": SMALL, "dpo_splits": SMALL,
+    params = {"generate": {"provider": "openai", "sft_splits": SMALL_SFT, "dpo_splits": SMALL,
                            "teacher": {"base_url": server.base_url, "api_key_env": "PICO_TEST_KEY",
                                        "backoff_s": 0.0}}}
     proc = run_stage(tmp_path, params, env={"PICO_TEST_KEY": secret})

@@ -24,7 +24,7 @@ def test_the_recipes_chain_without_dvc(tok, sample_stories, tmp_path):
     assert {"train_loss", "val_loss", "val_bpb", "unigram_val_loss", "params"} <= base.metrics.keys()
     assert base.metrics["val_loss"] < np.log(tok.vocab_size)
 
-    rows = generate_rows(config("generate", sft_splits={"train": 4, "valid": 2, "test": 2},
+    rows = generate_rows(config("generate", sft_splits={"train": 4, "valid": 2, "test": 2, "test_unseen": 2},
                                 dpo_splits={"train": 4, "valid": 2, "test": 2})).rows
     sft_out = sft(config("sft", **TINY_TRAIN, max_steps=2, max_len=512), Checkpoint(base.model, model_cfg, {}), tok,
                   rows[("sft", "train")], rows[("sft", "valid")])
@@ -36,9 +36,11 @@ def test_the_recipes_chain_without_dvc(tok, sample_stories, tmp_path):
 
     checkpoints = {name: Checkpoint(t.model, model_cfg, {}) for name, t in
                    (("base", base), ("sft", sft_out), ("dpo", dpo_out))}
+    tests = {"test_unseen": rows[("sft", "test_unseen")], "test": rows[("sft", "test")]}
     result = evaluate(config("evaluate", device="cpu", n_generations=2, max_new_tokens=8, val_batches=1,
-                             batch_size=2), checkpoints, tok, sft_test=rows[("sft", "test")],
-                      dpo_train=rows[("dpo", "train")], dpo_test=rows[("dpo", "test")],
-                      gen_rows={"test": rows[("sft", "test")][:2]}, val_tokens=tokens[30000:40000], beta=0.1)
-    assert set(result.metrics) == {"base", "sft", "dpo", "style_judge"}
-    assert len(result.records["test"]) == 6 and {"pass_all", "val_bpb"} <= result.metrics["dpo"].keys()
+                             batch_size=2), checkpoints, tok, sft_tests=tests, dpo_train=rows[("dpo", "train")],
+                      dpo_test=rows[("dpo", "test")], gen_rows=tests, val_tokens=tokens[30000:40000])
+    assert set(result.metrics) == {"base", "sft", "dpo", "style_judge", "checker"}
+    assert len(result.records["test_unseen"]) == 6
+    assert {"unseen_pass_all", "seen_pass_all_lo", "pref_acc_logp", "val_bpb"} <= result.metrics["dpo"].keys()
+    assert set(result.comparisons) == {"sft vs base", "dpo vs sft", "dpo vs base"}

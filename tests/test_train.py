@@ -163,8 +163,10 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_last_good_state(tmp_path):
 def test_keep_best_and_early_stopping():
     w = windows()
     scores = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
+    seen = []  # the weights at every evaluation
 
     def fake_eval(model):  # a validation curve that bottoms out at the second eval
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
         return {"val_loss": next(scores)}
 
     model = make_model()
@@ -173,3 +175,6 @@ def test_keep_best_and_early_stopping():
     assert result.stopped_early and result.steps_done == 8
     assert result.best_step == 4 and result.best_val == 2.0
     assert [r["step"] for r in result.val_curve] == [2, 4, 6, 8]
+    final = model.state_dict()
+    assert all(torch.equal(final[k], seen[1][k]) for k in final)  # the weights of the best evaluation (step 4)
+    assert not all(torch.equal(final[k], seen[-1][k]) for k in final)  # not the last ones

@@ -32,6 +32,7 @@ class Trained:
     result: TrainResult  # train_curve, val_curve, counters
     train_columns: list[str]
     val_columns: list[str]
+    train_config: dict  # the params section it trained with, recorded in the checkpoint
 
 
 def fingerprint(*parts) -> str:
@@ -47,12 +48,13 @@ def write_trained(trained: Trained, *, stage: str, tokenizer_hash: str, started:
     The checkpoint records the reproducible metrics; timing goes only to the metrics file, under `speed`.
     """
     from pico.checkpoint import save_checkpoint
-    from pico.io import write_json
-    from pico.stage import file_digest, write_curve_csv
+    from pico.io import sha256_file, write_json
+    from pico.stage import write_curve_csv
 
     result = trained.result
     save_checkpoint(out, trained.model, model_cfg=trained.model_cfg, tokenizer_hash=tokenizer_hash, stage=stage,
-                    step=result.steps_done, metrics=trained.metrics, parent=file_digest(parent) if parent else "")
+                    step=result.steps_done, metrics=trained.metrics, parent=sha256_file(parent) if parent else "",
+                    train_config=trained.train_config)
     write_curve_csv(Path(plots_dir) / "train.csv", result.train_curve, trained.train_columns)
     write_curve_csv(Path(plots_dir) / "val.csv", result.val_curve, trained.val_columns)
     metrics = {**trained.metrics, "speed": {"tokens_per_s": round(result.tokens_per_s, 1),

@@ -27,6 +27,7 @@ from pico.finetune import (
 )
 from pico.io import write_bytes
 from pico.losses import dpo_batch_loss, lm_loss
+from pico.model import disable_dropout
 from pico.recipes import Trained, fingerprint
 from pico.tokenizer import Tokenizer
 from pico.train import LossFn, TrainResult, evaluate_loss, train
@@ -89,7 +90,8 @@ def sft(cfg: SFTConfig, base: Checkpoint, tok: Tokenizer, train_rows: list[dict]
         "train_rows": train_report.as_dict(),
         "valid_rows": valid_report.as_dict(),
     }
-    return Trained(model, base.model_cfg, metrics, result, ["step", "loss", "lr", "grad_norm"], ["step", "val_loss"])
+    return Trained(model, base.model_cfg, metrics, result, ["step", "loss", "lr", "grad_norm"], ["step", "val_loss"],
+                   asdict(cfg))
 
 
 def dpo(cfg: DPOConfig, sft_ckpt: Checkpoint, tok: Tokenizer, train_rows: list[dict], valid_rows: list[dict], *,
@@ -118,6 +120,7 @@ def dpo(cfg: DPOConfig, sft_ckpt: Checkpoint, tok: Tokenizer, train_rows: list[d
                                 loss_type=cfg.loss_type)
     valid_batches = batches(valid_pairs).all_in_order()
     evaluate = functools.partial(evaluate_loss, batches=valid_batches, loss_fn=loss_fn, device=device)
+    disable_dropout(sft_ckpt.model)
     result, counts = _fine_tune(cfg, sft_ckpt.model, batches(train_pairs), loss_fn, evaluate, resume,
                                 fingerprint("dpo", asdict(cfg), ref_id))
     model = sft_ckpt.model
@@ -132,4 +135,4 @@ def dpo(cfg: DPOConfig, sft_ckpt: Checkpoint, tok: Tokenizer, train_rows: list[d
         "valid_pairs": valid_report.as_dict(),
     }
     return Trained(model, sft_ckpt.model_cfg, metrics, result, ["step", *DPO_STATS, "lr", "grad_norm"],
-                   ["step", *(f"val_{k}" for k in DPO_STATS)])
+                   ["step", *(f"val_{k}" for k in DPO_STATS)], asdict(cfg))

@@ -48,4 +48,4 @@ def pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, tok: Tokenizer, train_
         "val_tokens": int(len(val_tokens)),
     }
     return Trained(model, model_cfg, metrics, result, ["step", "loss", "lr", "grad_norm"],
-                   ["step", "val_loss", "val_bpb"])
+                   ["step", "val_loss", "val_bpb"], asdict(cfg))
