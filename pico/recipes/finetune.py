@@ -6,6 +6,7 @@ Both share one driver (`_fine_tune`): the one training loop, keeping the weights
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from pico.recipes import Trained, fingerprint
 from pico.tokenizer import Tokenizer
 from pico.train import LossFn, TrainResult, evaluate_loss, train
 
+log = logging.getLogger(__name__)
 DPO_STATS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
              "logps/rejected"]  # TRL's names
 
@@ -105,7 +107,9 @@ def dpo(cfg: DPOConfig, sft_ckpt: Checkpoint, tok: Tokenizer, train_rows: list[d
     # the reference is the SFT model, frozen: its log-probs go with the pairs, cached while model and data stay
     ref_id = fingerprint("dpo-reference", *inputs_id, cfg.max_len, cfg.truncation)
     ref = read_cache(reference_cache, ref_id)
-    if ref is None:
+    if ref is not None:
+        log.info("reusing reference log-probs from %s", reference_cache)
+    else:
         ref = {"train": pair_logps(sft_ckpt.model, train_pairs, cfg.batch_size, device),
                "valid": pair_logps(sft_ckpt.model, valid_pairs, cfg.batch_size, device)}
         if is_main_process():
