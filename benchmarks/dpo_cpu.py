@@ -1,10 +1,11 @@
-"""DPO step throughput (pairs/s), pico vs TRL's DPOTrainer, same GPT-2 shape, same pairs, CPU fp32.
+"""DPO step throughput (pairs/s), pico vs TRL's DPOTrainer, same GPT-2 shape, same pairs, CPU, fp32 and bf16.
 
     python benchmarks/dpo_cpu.py                 # needs the `bench` extra and data/tokenizer/tokenizer.json
 
 Pairs: the template data of `generate` (default params), tokenized with the project tokenizer for both.
-TRL is timed twice: as configured by default (reference model forward every step) and with
-`precompute_ref_log_probs=True`. Times are per optimizer step, median after warm-up steps.
+TRL is timed as configured by default (reference model forward every step) and with
+`precompute_ref_log_probs=True`, in fp32 and with `bf16=True` (autocast on CPU); pico in fp32 and bf16 (the
+`precision` param). Times are per optimizer step, median after warm-up steps.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from common import save
 from pico.config import load_params
+from pico.device import cpu_has_native_bf16, resolve_precision
 from pico.finetune import BucketedBatches, dpo_batch, encode_dpo_rows, pair_logps, with_reference
 from pico.generate import generate_rows
 from pico.losses import dpo_batch_loss
@@ -71,30 +73,34 @@ def main() -> None:
     cfg, dpo = p.model, p.dpo
     B = dpo.batch_size
     tok = load_tokenizer(args.tokenizer)
-    gen = dataclasses.replace(p.generate, sft_splits={"train": 1, "valid": 1, "test": 1},
+    gen = dataclasses.replace(p.generate, sft_splits={"train": 1, "valid": 1, "test": 1, "test_unseen": 1},
                               dpo_splits={"train": args.pairs, "valid": 1, "test": 1})
     rows = generate_rows(gen).rows[("dpo", "train")]
     device = torch.device("cpu")
 
     # --- pico: the dpo stage's own path (reference log-probs once, one forward for chosen+rejected, bucketing)
-    torch.manual_seed(0)
-    model = build_model(cfg, tok.vocab_size)
-    pairs, _ = encode_dpo_rows(tok, rows, dpo.max_len, dpo.truncation)
-    t_ref = time.perf_counter()
-    pairs = with_reference(pairs, pair_logps(model, pairs, B, device))
-    ref_seconds = time.perf_counter() - t_ref
-    batches = BucketedBatches([p.length for p in pairs], B, 0, lambda idx: dpo_batch([pairs[i] for i in idx]))
-    step_times: list[float] = []
-    loss_fn = functools.partial(dpo_batch_loss, beta=dpo.beta)
+    def run_pico(precision: str) -> tuple[float, float]:
+        torch.manual_seed(0)
+        model = build_model(cfg, tok.vocab_size)
+        pairs, _ = encode_dpo_rows(tok, rows, dpo.max_len, dpo.truncation)
+        t_ref = time.perf_counter()
+        pairs = with_reference(pairs, pair_logps(model, pairs, B, device, resolve_precision(precision, device)))
+        ref_seconds = time.perf_counter() - t_ref
+        batches = BucketedBatches([p.length for p in pairs], B, 0, lambda idx: dpo_batch([pairs[i] for i in idx]))
+        step_times: list[float] = []
+        loss_fn = functools.partial(dpo_batch_loss, beta=dpo.beta)
 
-    def timed_batch(k):
-        step_times.append(time.perf_counter())
-        return batches.micro(k)
+        def timed_batch(k):
+            step_times.append(time.perf_counter())
+            return batches.micro(k)
 
-    tcfg = dataclasses.replace(dpo, seed=0, device="cpu", grad_accum=1, lr=1e-6, warmup_steps=0, eval_every=10**6,
-                               save_every=10**6, log_every=10**6)
-    train(model, tcfg, total_steps=args.warmup + args.steps + 1, get_batch=timed_batch, loss_fn=loss_fn)
-    pico_step = statistics.median([b - a for a, b in zip(step_times, step_times[1:])][args.warmup:])
+        tcfg = dataclasses.replace(dpo, seed=0, device="cpu", precision=precision, grad_accum=1, lr=1e-6,
+                                   warmup_steps=0, eval_every=10**6, save_every=10**6, log_every=10**6)
+        train(model, tcfg, total_steps=args.warmup + args.steps + 1, get_batch=timed_batch, loss_fn=loss_fn)
+        return statistics.median([b - a for a, b in zip(step_times, step_times[1:])][args.warmup:]), ref_seconds
+
+    pico_fp32, ref_seconds = run_pico("fp32")
+    pico_bf16, _ = run_pico("bf16")
 
     # --- TRL
     from datasets import Dataset
@@ -111,7 +117,7 @@ def main() -> None:
         def on_step_begin(self, a, state, control, **kw):
             self.starts.append(time.perf_counter())
 
-    def run_trl(precompute: bool) -> tuple[float, float]:
+    def run_trl(precompute: bool, bf16: bool = False) -> tuple[float, float]:
         torch.manual_seed(0)
         hf_cfg = GPT2Config(vocab_size=tok.vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.d_model,
                             n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.mlp_ratio * cfg.d_model,
@@ -121,7 +127,7 @@ def main() -> None:
         targs = DPOConfig(output_dir="/tmp/pico-bench-trl", per_device_train_batch_size=B, max_steps=args.warmup + args.steps + 1,
                           learning_rate=1e-6, beta=dpo.beta, max_length=dpo.max_len, use_cpu=True, report_to="none",
                           save_strategy="no", logging_strategy="no", dataloader_num_workers=0, seed=0,
-                          precompute_ref_log_probs=precompute, bf16=False)
+                          precompute_ref_log_probs=precompute, bf16=bf16)
         clock = Clock()
         policy = GPT2LMHeadModel(hf_cfg)
         reference = copy.deepcopy(policy).eval()  # the frozen reference, as DPOTrainer would load it
@@ -134,16 +140,20 @@ def main() -> None:
         steps = [b - a for a, b in zip(starts, starts[1:])][args.warmup:]
         return statistics.median(steps), total
 
-    trl_default, _ = run_trl(False)
-    trl_pre, _ = run_trl(True)
-    pairs_per_s = {"pico": B / pico_step, "trl_dpo_default": B / trl_default, "trl_dpo_precomputed_ref": B / trl_pre}
+    pairs_per_s = {"pico_fp32": B / pico_fp32, "pico_bf16": B / pico_bf16,
+                   "trl_dpo_default_fp32": B / run_trl(False)[0], "trl_dpo_precomputed_ref_fp32": B / run_trl(True)[0],
+                   "trl_dpo_default_bf16": B / run_trl(False, bf16=True)[0],
+                   "trl_dpo_precomputed_ref_bf16": B / run_trl(True, bf16=True)[0]}
     save("dpo_cpu", {
         "shape": {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "max_len": dpo.max_len,
-                  "vocab": tok.vocab_size, "pairs_per_batch": B, "dtype": "float32"},
-        "pairs": len(pairs), "pico_reference_logps_seconds": round(ref_seconds, 2),
+                  "vocab": tok.vocab_size, "pairs_per_batch": B},
+        "bf16_capability": {"native_bf16": cpu_has_native_bf16()},
+        "pairs": len(rows), "pico_reference_logps_seconds_fp32": round(ref_seconds, 2),
         "pairs_per_s": {k: round(v, 3) for k, v in pairs_per_s.items()},
-        "speedup_pico_vs": {k: round(pairs_per_s["pico"] / v, 3) for k, v in pairs_per_s.items() if k != "pico"},
-        "target": "pico >= 1.5x trl_dpo_default",
+        "ratios": {"pico_bf16 / pico_fp32": round(pairs_per_s["pico_bf16"] / pairs_per_s["pico_fp32"], 3),
+                   **{f"pico_{k.rsplit('_', 1)[1]} / {k}": round(pairs_per_s[f"pico_{k.rsplit('_', 1)[1]}"] / v, 3)
+                      for k, v in pairs_per_s.items() if k.startswith("trl")}},
+        "targets": "pico_bf16 >= 1.4x pico_fp32; pico ahead of TRL in each precision",
     })
 
 

@@ -1,8 +1,11 @@
-"""Pretraining throughput, pico vs Hugging Face GPT-2 of the same shape, same batch, same dtype (fp32 CPU).
+"""Pretraining throughput on CPU: pico in fp32 and in bf16 autocast, against Hugging Face GPT-2 of the same
+shape and batch in fp32 and in bf16 autocast (the fair peer for bf16), all timed in one run.
 
     python benchmarks/pretrain_cpu.py            # the default CPU shape of params.yaml
 
-Needs the `bench` extra (transformers). Random tokens; forward + backward + AdamW step per iteration.
+Needs the `bench` extra (transformers). Random tokens; forward + backward + AdamW step per iteration; weights
+and optimizer state fp32 in every contender. Prints the bf16 capability it found: on a CPU without AVX512-BF16
+or AMX, bf16 is emulated and slower than fp32 (run it there to see).
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import torch
 
 from common import interleaved, save
 from pico.config import ModelConfig, load_params
+from pico.device import autocast_for, cpu_has_native_bf16
+from pico.kernels import use_fast_cpu_kernels
 from pico.losses import lm_loss
 from pico.model import build_model, count_params
-from pico.kernels import use_fast_cpu_kernels
 from pico.train import make_optimizer
 
 
@@ -42,11 +46,16 @@ def main() -> None:
     pico = use_fast_cpu_kernels(build_model(cfg, V).train())  # as pico.train.train does
     pico_opt = make_optimizer(pico, p.pretrain, device)
 
-    def pico_step(model=pico, opt=pico_opt):
-        loss_sum, _ = lm_loss(model, batch)
-        (loss_sum / targets.numel()).backward()
+    def pico_step(model=pico, opt=pico_opt, dtype=torch.float32):
+        with autocast_for(device, dtype):  # as pico.train.train_step runs it
+            loss_sum, _ = lm_loss(model, batch)
+            (loss_sum / targets.numel()).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    pico_b = use_fast_cpu_kernels(build_model(cfg, V).train())
+    pico_b.load_state_dict(pico.state_dict())
+    pico_b_opt = make_optimizer(pico_b, p.pretrain, device)
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -57,26 +66,38 @@ def main() -> None:
     hf = GPT2LMHeadModel(hf_cfg).train()
     hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, fused=True)  # the HF Trainer default (adamw_torch_fused)
 
-    def hf_step():
-        out = hf(input_ids=inputs, labels=x[:, :-1])  # HF shifts labels itself: T-1 predictions
-        out.loss.backward()
-        hf_opt.step()
-        hf_opt.zero_grad(set_to_none=True)
+    def hf_step(model=hf, opt=hf_opt, dtype=torch.float32):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):  # HF Trainer's bf16=True on CPU
+            out = model(input_ids=inputs, labels=x[:, :-1])  # HF shifts labels itself: T-1 predictions
+            out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
 
-    contenders = {"pico": pico_step, "hf_gpt2_sdpa": hf_step}
+    hf_b = GPT2LMHeadModel(hf_cfg).train()
+    hf_b_opt = torch.optim.AdamW(hf_b.parameters(), lr=1e-4, fused=True)
+    bf16 = torch.bfloat16
+    contenders = {"pico_fp32": pico_step, "pico_bf16": lambda: pico_step(pico_b, pico_b_opt, bf16),
+                  "hf_gpt2_sdpa_fp32": hf_step, "hf_gpt2_sdpa_bf16": lambda: hf_step(hf_b, hf_b_opt, bf16)}
     if args.compile:
         compiled = torch.compile(build_model(cfg, V).train())
         opt_c = make_optimizer(compiled, p.pretrain, device)
-        contenders["pico_compiled"] = lambda: pico_step(compiled, opt_c)
+        contenders["pico_fp32_compiled"] = lambda: pico_step(compiled, opt_c)
     sec = interleaved(contenders, n_warmup=2, n_steps=args.steps, rounds=args.rounds, device=device)
     tok = {k: B * T / v for k, v in sec.items()}
     save("pretrain_cpu", {
         "shape": {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "seq_len": T, "vocab": V,
-                  "batch": B, "dtype": "float32"},
+                  "batch": B},
+        "bf16_capability": {"native_bf16": cpu_has_native_bf16(), "torch_cpu_capability":
+                            torch.backends.cpu.get_cpu_capability()},
         "params": {"pico": count_params(pico), "hf_gpt2": sum(q.numel() for q in hf.parameters())},
         "tokens_per_s": {k: round(v, 1) for k, v in tok.items()},
-        "speedup_vs_hf": {k: round(v / tok["hf_gpt2_sdpa"], 3) for k, v in tok.items()},
-        "target": "pico >= 1.3x hf_gpt2_sdpa",
+        "ratios": {
+            "pico_bf16 / pico_fp32": round(tok["pico_bf16"] / tok["pico_fp32"], 3),
+            "pico_bf16 / hf_gpt2_sdpa_bf16": round(tok["pico_bf16"] / tok["hf_gpt2_sdpa_bf16"], 3),
+            "pico_bf16 / hf_gpt2_sdpa_fp32": round(tok["pico_bf16"] / tok["hf_gpt2_sdpa_fp32"], 3),
+            "pico_fp32 / hf_gpt2_sdpa_fp32": round(tok["pico_fp32"] / tok["hf_gpt2_sdpa_fp32"], 3),
+        },
+        "targets": "pico_bf16 >= 1.5x pico_fp32, >= 1.3x hf bf16, >= 2x hf fp32; pico_fp32 >= 1.3x hf fp32",
     })
     if args.profile:
         from torch.profiler import profile

@@ -35,6 +35,8 @@ def add_play(sub) -> None:
     p.add_argument("--no-repeat-ngram", type=int, default=0, help="forbid repeating any n-gram of this size")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="bf16 autocast for the forward passes (auto: where the hardware has native bf16)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts decoded together (with --prompt-file)")
     p.add_argument("--truncate", action="store_true", help="cut an over-long prompt from the left instead of failing")
     p.add_argument("--show-prompt", action="store_true", help="print the prompt before the story")
@@ -63,7 +65,7 @@ def cmd_play(args) -> int:
     import torch
 
     from pico.checkpoint import load_checkpoint
-    from pico.device import resolve_device
+    from pico.device import resolve_device, resolve_precision
     from pico.prompt import build_prompt, encode_prompt
     from pico.sampling import SamplingConfig, sample
     from pico.tokenizer import load_tokenizer
@@ -82,7 +84,8 @@ def cmd_play(args) -> int:
         ids = [_fit_prompt(encode_prompt(tok, p), context, args.max_new_tokens, args.truncate,
                            f"prompt {i + 1}" if len(prompts) > 1 else "the prompt") for i, p in enumerate(prompts)]
         with torch.no_grad():
-            out = sample(ckpt.model, ids, cfg, tok.eot_id, batch_size=args.batch_size, device=device)
+            out = sample(ckpt.model, ids, cfg, tok.eot_id, batch_size=args.batch_size, device=device,
+                         dtype=resolve_precision(args.precision, device))
         return [tok.decode(o) for o in out]
 
     if args.mode == "interactive":

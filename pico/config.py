@@ -23,12 +23,12 @@ PURPOSES = ("baseline_comparison", "model_comparison", "hyperparameter_tuning", 
 SLUG = r"[a-z0-9][a-z0-9_\-]*"
 SEED = "[0, 4294967296)"
 Device = Literal["auto", "cpu", "cuda", "mps"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class PrepareConfig(Section):
     """TinyStories: where it is read from or downloaded to, and how it is cleaned and split."""
-
     KEY = "prepare"
     source: str = knob("folder of .txt shards (train/, valid/) or one .txt file", pattern=r".+")
     url: str = knob("where `files` are downloaded from when `source` holds no .txt file", pattern=r"https?://.+")
@@ -50,7 +50,6 @@ class PrepareConfig(Section):
 @dataclass(frozen=True, kw_only=True)
 class TokenizerConfig(Section):
     """Byte-level BPE trained with rustbpe, served with tiktoken."""
-
     KEY = "tokenizer"
     vocab_size: int = knob("including <|endoftext|>; ids must fit uint16", "(257, 65535]")
     max_train_chars: int = knob("train on at most this many characters (0 = the whole train split)", "[0, inf)")
@@ -59,7 +58,6 @@ class TokenizerConfig(Section):
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig(Section):
     """Model shape, shared by every stage that builds a model. vocab_size comes from the tokenizer."""
-
     KEY = "model"
     type: Literal["transformer", "lstm", "kgram_mlp"] = knob("architecture")
     d_model: int = knob("width", "(0, 16384]")
@@ -81,6 +79,7 @@ class TrainConfig(Section):
 
     seed: int = knob("seed of initialisation and batch order", SEED)
     device: Device = knob("auto picks cuda, then mps, then cpu")
+    precision: Precision = knob("bf16 autocast, fp32 weights; auto: bf16 where native (CUDA, AVX512-BF16/AMX CPUs)")
     compile: bool = knob("torch.compile the model (CUDA only)")
     batch_size: int = knob("sequences (pairs for dpo) per micro-batch", "(0, 65536]")
     grad_accum: int = knob("micro-batches per optimizer step", "(0, 65536]")
@@ -129,7 +128,6 @@ class DPOConfig(FinetuneConfig):
 @dataclass(frozen=True, kw_only=True)
 class TeacherConfig(Section):
     """An OpenAI-compatible chat-completions endpoint. The API key is read from the environment only."""
-
     KEY = "generate.teacher"
     base_url: str = knob("endpoint base URL", pattern=r"https?://.+")
     model: str = knob("model name", pattern=r".+")
@@ -146,7 +144,6 @@ class TeacherConfig(Section):
 @dataclass(frozen=True, kw_only=True)
 class GenerateConfig(Section):
     """SFT and DPO data for the horror-story task."""
-
     KEY = "generate"
     provider: Literal["template", "openai"] = knob("template (offline) or openai (any compatible endpoint)")
     seed: int = knob("spec and story seed", SEED)
@@ -171,11 +168,11 @@ class GenerateConfig(Section):
 @dataclass(frozen=True, kw_only=True)
 class EvaluateConfig(Section):
     """Every checkpoint on held-out data, and generations for fixed test specs checked against their spec."""
-
     KEY = "evaluate"
     checkpoints: dict[str, str] = knob("extra {name: path} beside base/sft/dpo (add the path to deps too)")
     splits: list[Literal["test_unseen", "test", "valid", "train"]] = knob("SFT splits generated for (unseen_, seen_)")
     device: Device = knob("auto picks cuda, then mps, then cpu")
+    precision: Precision = knob("bf16 autocast in every forward pass; auto: bf16 where native")
     batch_size: int = knob("rows per forward pass", "(0, 65536]")
     val_batches: int = knob("TinyStories val windows (x batch_size) for val loss and bits per byte", "(0, inf)")
     n_generations: int = knob("specs per split (the first n rows), the same for every checkpoint", "[0, inf)")
@@ -196,7 +193,6 @@ class EvaluateConfig(Section):
 @dataclass(frozen=True, kw_only=True)
 class BundleConfig(Section):
     """The poster-ready results package."""
-
     KEY = "bundle"
     title: str = knob("title of the results README and figures")
     n_samples: int = knob("prompts shown side by side across checkpoints", "[0, inf)")
@@ -206,7 +202,6 @@ class BundleConfig(Section):
 @dataclass(frozen=True, kw_only=True)
 class ExperimentConfig(Section):
     """Why this run exists. Metadata only: changing it reruns just `bundle`, which records it."""
-
     KEY = "experiment"
     purpose: str = knob(f"one of {', '.join(PURPOSES)}, or any slug", pattern=SLUG)
     description: str = knob("free text")

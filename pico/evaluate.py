@@ -23,11 +23,12 @@ from pico.tokenizer import Tokenizer
 from pico.train import evaluate_loss, lm_metrics
 
 
-def masked_loss(model: nn.Module, encoded: list[Encoded], batch_size: int, device: torch.device) -> float:
+def masked_loss(model: nn.Module, encoded: list[Encoded], batch_size: int, device: torch.device,
+                dtype: torch.dtype = torch.float32) -> float:
     """Mean NLL of response tokens (+EOS) over all rows: the SFT objective on held-out data."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
     batches = [sft_batch([encoded[i] for i in order[s : s + batch_size]]) for s in range(0, len(order), batch_size)]
-    return evaluate_loss(model, batches, lm_loss, device)["val_loss"]
+    return evaluate_loss(model, batches, lm_loss, device, dtype=dtype)["val_loss"]
 
 
 def preference_accuracy(logps: torch.Tensor, n_tokens: torch.Tensor) -> dict[str, float]:
@@ -135,11 +136,13 @@ class EvalData:
 
 
 def generation_records(name: str, model: nn.Module, rows: list[dict], split: str, data: EvalData,
-                       cfg: EvaluateConfig, device: torch.device) -> tuple[list[dict], list[float]]:
+                       cfg: EvaluateConfig, device: torch.device,
+                       dtype: torch.dtype = torch.float32) -> tuple[list[dict], list[float]]:
     """One sampled story per row, with its spec, sampling settings, checks and style score; and the scores."""
     sampling = SamplingConfig.of(cfg)
     prompts = [encode_prompt(data.tok, r["prompt"]) for r in rows]
-    outputs = sample(model, prompts, sampling, data.tok.eot_id, batch_size=cfg.batch_size, device=device)
+    outputs = sample(model, prompts, sampling, data.tok.eot_id, batch_size=cfg.batch_size, device=device,
+                     dtype=dtype)
     texts = [data.tok.decode(ids) for ids in outputs]
     scores = data.judge.scores(texts)
     return [{"checkpoint": name, "split": split, "index": i, "prompt": row["prompt"], "response": text,
@@ -150,17 +153,18 @@ def generation_records(name: str, model: nn.Module, rows: list[dict], split: str
 
 
 def evaluate_checkpoint(name: str, model: nn.Module, data: EvalData, cfg: EvaluateConfig, logps: torch.Tensor,
-                        device: torch.device) -> tuple[dict, dict[str, list[dict]], dict[str, dict]]:
+                        device: torch.device,
+                        dtype: torch.dtype = torch.float32) -> tuple[dict, dict[str, list[dict]], dict[str, dict]]:
     """(metrics, generation records per split, summary per split) of one checkpoint; `logps` (N, 2) are its
     log-probs of the DPO test pairs."""
-    m: dict[str, float] = {f"sft_{split}_loss": masked_loss(model, encoded, cfg.batch_size, device)
+    m: dict[str, float] = {f"sft_{split}_loss": masked_loss(model, encoded, cfg.batch_size, device, dtype)
                            for split, encoded in data.sft_tests.items()}
     m.update(preference_accuracy(logps, data.n_tokens))
-    m.update(lm_metrics(model, batches=data.val_batches, device=device))
+    m.update(lm_metrics(model, batches=data.val_batches, device=device, dtype=dtype))
     records, summaries = {}, {}
     for split, rows in data.gen_rows.items():
         prefix = split_prefix(split)
-        records[split], style = generation_records(name, model, rows, split, data, cfg, device)
+        records[split], style = generation_records(name, model, rows, split, data, cfg, device, dtype)
         summaries[split] = summarize_generations(records[split])
         m.update({f"{prefix}{k}": v for k, v in summaries[split].items() if isinstance(v, float)})
         m[f"{prefix}style_score"] = sum(style) / max(len(style), 1)

@@ -182,7 +182,8 @@ def planned_steps(n_batches: int, grad_accum: int, epochs: float, max_steps: int
 
 
 @torch.no_grad()
-def pair_logps(model: nn.Module, pairs: list[Pair], batch_size: int, device: torch.device) -> torch.Tensor:
+def pair_logps(model: nn.Module, pairs: list[Pair], batch_size: int, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Summed response log-probs of every pair under `model`: (N, 2) [chosen, rejected].
 
     DPO calls it once with the frozen SFT model (the reference); evaluation calls it for every checkpoint.
@@ -190,7 +191,7 @@ def pair_logps(model: nn.Module, pairs: list[Pair], batch_size: int, device: tor
     model.eval().to(device)
     out = torch.zeros(len(pairs), 2)
     order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
-    with autocast_for(device):
+    with autocast_for(device, dtype):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = collate([pairs[i].chosen for i in idx] + [pairs[i].rejected for i in idx])

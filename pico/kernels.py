@@ -122,26 +122,52 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- output layer + NLL
+class _Products:
+    """The three products of the output layer, in fp32 (oneDNN where it wins) or in bf16 with fp32 results."""
+
+    def __init__(self, weight: torch.Tensor, compute_dtype: torch.dtype, with_grad: bool):
+        self.bf16 = compute_dtype != torch.float32
+        self.w = weight.to(compute_dtype) if self.bf16 else weight
+        self.w_t = weight.t().contiguous() if with_grad and not self.bf16 else None  # G @ W = mm_t(G, Wᵀ)
+        self.with_grad, self.dtype = with_grad, compute_dtype
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:  # (n, d) -> (n, V) fp32
+        if self.bf16:
+            return (h.to(self.dtype) @ self.w.t()).float()
+        return mm_t(h, self.w) if self.with_grad else h @ self.w.t()  # oneDNN for training only
+
+    def grad_hidden(self, g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:  # G @ W
+        return (g.to(self.dtype) @ self.w).to(like.dtype) if self.bf16 else mm_t(g, self.w_t)
+
+    def add_grad_weight(self, grad_w: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> None:  # += Gᵀ @ h
+        if self.bf16:
+            grad_w += (g.to(self.dtype).t() @ h.to(self.dtype)).float()
+        else:
+            grad_w.addmm_(g.t(), h)
+
+
 def _chunked_head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                      row_scale: torch.Tensor | None, with_grad: bool, chunk_logits: int):
+                      row_scale: torch.Tensor | None, with_grad: bool, chunk_logits: int,
+                      compute_dtype: torch.dtype = torch.float32):
     """Σ s_i · −log softmax(h_i Wᵀ)[t_i] over rows in chunks, and each row's NLL; with `with_grad`, also d/dh
     and d/dW of the sum.
 
     The gradient of the sum w.r.t. a chunk's logits is s_i · (softmax − onehot): it needs nothing but the
     chunk, so it is formed in place in the chunk's logits and multiplied out at once (Liger-Kernel's fused
     linear cross-entropy does the same on GPUs). hidden (N, d), weight (V, d), targets (N,), row_scale (N,).
+    With `compute_dtype` bf16 the products run in bf16; log-softmax, the loss and the sums stay fp32.
     """
     N, V = hidden.shape[0], weight.shape[0]
     chunk = max(1, chunk_logits // V)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     row_nll = torch.empty(N, dtype=torch.float32, device=hidden.device)
     grad_h = torch.empty_like(hidden) if with_grad else None
-    grad_w = torch.zeros_like(weight) if with_grad else None
-    weight_t = weight.t().contiguous() if with_grad else None  # d/dh = G @ W = mm_t(G, Wᵀ)
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grad else None
+    products = _Products(weight, compute_dtype, with_grad)
     for s in range(0, N, chunk):
         h, t = hidden[s : s + chunk], targets[s : s + chunk]
         w = row_scale[s : s + chunk] if row_scale is not None else None
-        z = mm_t(h, weight) if with_grad else h @ weight.t()  # (n, V) logits; oneDNN for training only
+        z = products.logits(h)
         target_logit = z.gather(1, t.unsqueeze(1)).squeeze(1)
         zmax = z.amax(dim=1, keepdim=True)
         z.sub_(zmax).exp_()
@@ -156,15 +182,16 @@ def _chunked_head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
             z.mul_(scale)  # s · softmax
             minus_w = -w if w is not None else torch.full_like(nll, -1.0)
             z.scatter_add_(1, t.unsqueeze(1), minus_w.unsqueeze(1))  # s · (softmax − onehot)
-            grad_h[s : s + chunk] = mm_t(z, weight_t)
-            grad_w.addmm_(z.t(), h)
-    return total, row_nll, grad_h, grad_w
+            grad_h[s : s + chunk] = products.grad_hidden(z, grad_h)
+            products.add_grad_weight(grad_w, z, h)
+    return total, row_nll, grad_h, grad_w.to(weight.dtype) if with_grad else None
 
 
 class _HeadNLL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, row_scale, chunk_logits):
-        total, row_nll, grad_h, grad_w = _chunked_head_nll(hidden, weight, targets, row_scale, True, chunk_logits)
+    def forward(ctx, hidden, weight, targets, row_scale, chunk_logits, compute_dtype):
+        total, row_nll, grad_h, grad_w = _chunked_head_nll(hidden, weight, targets, row_scale, True, chunk_logits,
+                                                           compute_dtype)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.mark_non_differentiable(row_nll)
         return total, row_nll
@@ -172,15 +199,17 @@ class _HeadNLL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, _grad_row_nll):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_total, grad_w * grad_total, None, None, None
+        return grad_h * grad_total, grad_w * grad_total, None, None, None, None
 
 
 def head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None,
-             chunk_logits: int = HEAD_CHUNK_LOGITS) -> tuple[torch.Tensor, torch.Tensor]:
+             chunk_logits: int = HEAD_CHUNK_LOGITS,
+             compute_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ mask · NLL of `hidden @ weight.T`, every token's NLL detached, 0 where the mask is 0), in row chunks.
 
     hidden (B, T, d), weight (V, d), targets and mask (B, T). Rows the mask leaves out (SFT's prompt tokens,
-    padding) are skipped; with autograd on, the gradient is formed in the same pass.
+    padding) are skipped; with autograd on, the gradient is formed in the same pass. `compute_dtype` bf16: the
+    products in bf16 (autocast's choice for linear layers), log-softmax and sums in fp32.
     """
     shape = targets.shape
     hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
@@ -189,10 +218,12 @@ def head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
         rows = mask.reshape(-1).nonzero().squeeze(1)
         row_scale = mask.reshape(-1)[rows].to(torch.float32)
         hidden, targets = hidden.index_select(0, rows), targets[rows]
-    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        loss, row_nll = _HeadNLL.apply(hidden, weight, targets, row_scale, chunk_logits)
-    else:
-        loss, row_nll = _chunked_head_nll(hidden, weight, targets, row_scale, False, chunk_logits)[:2]
+    with torch.autocast(hidden.device.type, enabled=False):  # the dtypes here are chosen above, not by autocast
+        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+            loss, row_nll = _HeadNLL.apply(hidden, weight, targets, row_scale, chunk_logits, compute_dtype)
+        else:
+            loss, row_nll = _chunked_head_nll(hidden, weight, targets, row_scale, False, chunk_logits,
+                                              compute_dtype)[:2]
     if rows is not None:
         row_nll = torch.zeros(shape.numel(), dtype=row_nll.dtype, device=row_nll.device).index_copy_(0, rows, row_nll)
     return loss, row_nll.view(shape)

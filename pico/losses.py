@@ -51,6 +51,8 @@ def head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     """
     if kernels.fast_cpu(hidden, weight):
         return kernels.head_nll(hidden, weight, targets, mask)
+    if hidden.device.type == "cpu" and torch.is_autocast_enabled("cpu"):  # bf16 products, fp32 softmax and sums
+        return kernels.head_nll(hidden, weight, targets, mask, compute_dtype=torch.get_autocast_dtype("cpu"))
     nll = -token_logps(F.linear(hidden, weight), targets)
     if mask is not None:
         nll = nll * mask

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from pico.data import stable_seed
+from pico.device import autocast_for
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,11 +67,13 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generators: list[torc
 
 @torch.no_grad()
 def sample(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig, eos_id: int, *,
-             batch_size: int = 16, use_cache: bool = True, device: torch.device | str = "cpu") -> list[list[int]]:
+           batch_size: int = 16, use_cache: bool = True, device: torch.device | str = "cpu",
+           dtype: torch.dtype = torch.float32) -> list[list[int]]:
     """Continue each prompt; return the new ids of each (EOS excluded, generation stops there).
 
     Transformers decode left-padded batches with a KV cache; the LSTM and k-gram models batch prompts of
-    equal length. Generation also stops when the context is full.
+    equal length. Generation also stops when the context is full. `dtype` bf16 runs the forward passes under
+    bf16 autocast (the sampling itself, softmax and top-p, stays fp32).
     """
     model.eval().to(device)
     context = model.cfg.max_seq_len
@@ -90,7 +93,8 @@ def sample(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig, eos_
     out: list[list[int]] = [[] for _ in prompts]
     for group in groups:
         gens = [torch.Generator().manual_seed(stable_seed(cfg.seed, i)) for i in group]
-        results = _generate_batch(model, [prompts[i] for i in group], cfg, eos_id, gens, use_cache, device)
+        with autocast_for(torch.device(device), dtype):
+            results = _generate_batch(model, [prompts[i] for i in group], cfg, eos_id, gens, use_cache, device)
         for i, ids in zip(group, results):
             out[i] = ids
     return out

@@ -30,7 +30,9 @@ from pico.device import (
     dist_info,
     init_distributed,
     is_main_process,
+    precision_name,
     resolve_device,
+    resolve_precision,
 )
 from pico.errors import TrainingError
 from pico.io import progress_bar, write_bytes
@@ -71,6 +73,7 @@ class TrainResult:
     best_val: float = float("inf")
     tokens_seen: int = 0
     train_seconds: float = 0.0  # time in training steps only (no evals, no saves), summed over resumes
+    precision: str = "fp32"  # what the steps ran in: fp32, or bf16 autocast
     stopped_early: bool = False
     resumed_from: int = 0
 
@@ -85,13 +88,13 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
 
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, batches: list[Batch], loss_fn: LossFn, device: torch.device,
-                  prefix: str = "val_") -> dict[str, float]:
+                  prefix: str = "val_", dtype: torch.dtype = torch.float32) -> dict[str, float]:
     """Item-weighted mean of the loss and of every stat over `batches` (e.g. the whole validation set)."""
     was_training = model.training
     model.eval()
     total: dict[str, torch.Tensor] = {}
     n_items = 0
-    with autocast_for(device):
+    with autocast_for(device, dtype):
         for batch in batches:
             batch = to_device(batch, device)
             loss_sum, stats = loss_fn(model, batch)
@@ -102,9 +105,10 @@ def evaluate_loss(model: nn.Module, batches: list[Batch], loss_fn: LossFn, devic
     return {f"{prefix}{k}": float(v) / max(n_items, 1) for k, v in total.items()}
 
 
-def lm_metrics(model: nn.Module, *, batches: list[dict], device: torch.device) -> dict[str, float]:
+def lm_metrics(model: nn.Module, *, batches: list[dict], device: torch.device,
+               dtype: torch.dtype = torch.float32) -> dict[str, float]:
     """Loss (nats/token) and bits per byte over token windows that carry `target_bytes`."""
-    m = evaluate_loss(model, batches, lm_loss, device)
+    m = evaluate_loss(model, batches, lm_loss, device, dtype=dtype)
     return {"val_loss": m["val_loss"], "val_bpb": m["val_nll_text"] / m["val_bytes"] / math.log(2)}
 
 
@@ -134,6 +138,7 @@ class TrainState:
     result: TrainResult
     best: BestTracker
     device: torch.device
+    dtype: torch.dtype  # autocast dtype (float32: none); weights and optimizer state stay fp32
 
     def save(self, path: Path, fingerprint: str) -> None:
         cuda = self.device.type == "cuda"
@@ -172,7 +177,7 @@ def train_step(model: nn.Module, micros: list[Batch], loss_fn: LossFn, state: Tr
     for i, batch in enumerate(micros):
         batch = to_device(batch, state.device)
         sync = model.no_sync() if distributed and i < len(micros) - 1 else nullcontext()
-        with sync, autocast_for(state.device):
+        with sync, autocast_for(state.device, state.dtype):
             loss_sum, stats = loss_fn(model, batch)
             # DDP averages gradients over ranks; scale by world so the result is sum / global items
             (loss_sum * (world / n_items)).backward()
@@ -218,11 +223,13 @@ def train(model: nn.Module, cfg: TrainConfig, *, total_steps: int, get_batch: Ca
     torch.manual_seed(cfg.seed)
     use_fast_cpu_kernels(model.to(device))
     base = unwrap(model)
-    state = TrainState(base, make_optimizer(base, cfg, device), TrainResult(), BestTracker(keep_best), device)
+    dtype = resolve_precision(cfg.precision, device)
+    state = TrainState(base, make_optimizer(base, cfg, device), TrainResult(), BestTracker(keep_best), device, dtype)
     resume_path = Path(resume_path) if resume_path else None
     if resume_path and state.load(resume_path, fingerprint):
         log.info("%s: resuming from step %d (%s)", desc, state.result.steps_done, resume_path)
     result = state.result
+    result.precision = precision_name(dtype)
     if cfg.compile and device.type == "cuda":
         model = torch.compile(model)
     if distributed:

@@ -48,7 +48,7 @@ def test_repro_runs_every_stage_and_writes_outputs(built):
 def test_evaluate_scores_every_checkpoint(built):
     repo, _ = built
     metrics = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert set(metrics) == {"base", "sft", "dpo", "style_judge", "checker"}
+    assert set(metrics) == {"base", "sft", "dpo", "style_judge", "checker", "precision"}
     for name in ("base", "sft", "dpo"):
         for split in ("unseen_", "seen_"):
             for key in ("pass_all", "pass_all_lo", "pass_all_hi", "pass_taboo_present", "pass_taboo_present_lo",

@@ -67,7 +67,7 @@ def test_token_nll_matches_cross_entropy_values_and_gradients():
     assert torch.allclose(ours, want, atol=1e-5)
     (g_ours,) = torch.autograd.grad((ours * weights).sum(), logits)
     (g_want,) = torch.autograd.grad((want * weights).sum(), logits)
-    assert torch.allclose(g_ours, g_want, atol=1e-6)
+    assert torch.allclose(g_ours, g_want, atol=1e-5)  # log-sum-exp of logits ~20: one ulp is 2e-6
     small_targets = torch.randint(0, 7, (15,))
     assert torch.autograd.gradcheck(lambda x: kernels.token_nll(x, small_targets),
                                     (torch.randn(15, 7, dtype=torch.float64, requires_grad=True),))

@@ -40,7 +40,7 @@ def test_the_recipes_chain_without_dvc(tok, sample_stories, tmp_path):
     result = evaluate(config("evaluate", device="cpu", n_generations=2, max_new_tokens=8, val_batches=1,
                              batch_size=2), checkpoints, tok, sft_tests=tests, dpo_train=rows[("dpo", "train")],
                       dpo_test=rows[("dpo", "test")], gen_rows=tests, val_tokens=tokens[30000:40000])
-    assert set(result.metrics) == {"base", "sft", "dpo", "style_judge", "checker"}
+    assert set(result.metrics) == {"base", "sft", "dpo", "style_judge", "checker", "precision"}
     assert len(result.records["test_unseen"]) == 6
     assert {"unseen_pass_all", "seen_pass_all_lo", "pref_acc_logp", "val_bpb"} <= result.metrics["dpo"].keys()
     assert set(result.comparisons) == {"sft vs base", "dpo vs sft", "dpo vs base"}

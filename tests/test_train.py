@@ -16,8 +16,8 @@ V = 64
 
 
 def make_cfg(**kw):
-    base = dict(seed=0, device="cpu", batch_size=4, grad_accum=1, lr=3e-3, warmup_steps=2, eval_every=5,
-                save_every=3, log_every=1, weight_decay=0.0)
+    base = dict(seed=0, device="cpu", precision="fp32", batch_size=4, grad_accum=1, lr=3e-3, warmup_steps=2,
+                eval_every=5, save_every=3, log_every=1, weight_decay=0.0)  # fp32: the loop's exactness
     base.update(kw)
     return config("pretrain", **base)
 

@@ -52,6 +52,7 @@ def write_trained(trained: Trained, *, stage: str, tokenizer_hash: str, started:
     from pico.stage import write_curve_csv
 
     result = trained.result
+    trained.metrics["precision"] = result.precision  # what the steps ran in (params may say "auto")
     save_checkpoint(out, trained.model, model_cfg=trained.model_cfg, tokenizer_hash=tokenizer_hash, stage=stage,
                     step=result.steps_done, metrics=trained.metrics, parent=sha256_file(parent) if parent else "",
                     train_config=trained.train_config)

@@ -11,7 +11,7 @@ from pico.checker_fixtures import checker_accuracy, load_checker_fixtures
 from pico.checkpoint import Checkpoint
 from pico.config import EvaluateConfig
 from pico.data import TokenWindows, token_byte_lengths
-from pico.device import resolve_device
+from pico.device import precision_name, resolve_device, resolve_precision
 from pico.errors import DataError
 from pico.evaluate import (
     EvalData,
@@ -46,6 +46,7 @@ def evaluate(cfg: EvaluateConfig, checkpoints: dict[str, Checkpoint], tok: Token
     against its own reference: the checkpoint whose file is its `parent`, when that one is evaluated too.
     """
     device = resolve_device(cfg.device)
+    dtype = resolve_precision(cfg.precision, device)
     context = min(c.model_cfg.max_seq_len for c in checkpoints.values())
     sft_encoded = {split: encode_sft_rows(tok, rows, context, "left")[0] for split, rows in sft_tests.items()}
     dpo_pairs, _ = encode_dpo_rows(tok, dpo_test, context, "left")
@@ -55,12 +56,13 @@ def evaluate(cfg: EvaluateConfig, checkpoints: dict[str, Checkpoint], tok: Token
                                token_byte_lengths(tok)).eval_batches(cfg.val_batches)
     judge = StyleJudge(seed=cfg.seed).fit([r["chosen"] for r in dpo_train], [r["rejected"] for r in dpo_train])
     data = EvalData(tok, sft_encoded, dpo_pairs, val_batches, gen_rows, judge)
-    logps = {name: pair_logps(c.model, dpo_pairs, cfg.batch_size, device) for name, c in checkpoints.items()}
+    logps = {name: pair_logps(c.model, dpo_pairs, cfg.batch_size, device, dtype) for name, c in checkpoints.items()}
     by_digest = {c.digest: name for name, c in checkpoints.items() if c.digest}
 
     out = Evaluation({}, {split: [] for split in gen_rows}, {split: {} for split in gen_rows}, {})
     for name, ckpt in progress_bar(iterable=list(checkpoints.items()), desc="evaluate", unit="ckpt", leave=False):
-        metrics, records, summaries = evaluate_checkpoint(name, ckpt.model, data, cfg, logps[name], device)
+        metrics, records, summaries = evaluate_checkpoint(name, ckpt.model, data, cfg, logps[name], device,
+                                                          dtype)
         reference = by_digest.get(ckpt.meta.get("parent", ""))
         if ckpt.meta.get("stage") == "dpo":
             if reference is None:
@@ -80,6 +82,7 @@ def evaluate(cfg: EvaluateConfig, checkpoints: dict[str, Checkpoint], tok: Token
                 split: paired_comparison([r for r in out.records[split] if r["checkpoint"] == a],
                                          [r for r in out.records[split] if r["checkpoint"] == b])
                 for split in gen_rows}
+    out.metrics["precision"] = precision_name(dtype)  # what every forward pass ran in
     out.metrics["checker"] = {k: round(v, 5) for k, v in checker_accuracy(load_checker_fixtures()).items()}
     out.metrics["style_judge"] = {"heldout_accuracy": round(judge.accuracy([r["chosen"] for r in dpo_test],
                                                                            [r["rejected"] for r in dpo_test]), 5),

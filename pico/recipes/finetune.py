@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from pico.checkpoint import Checkpoint, read_cache, to_bytes
 from pico.config import DPOConfig, FinetuneConfig, SFTConfig
-from pico.device import is_main_process, resolve_device
+from pico.device import is_main_process, resolve_device, resolve_precision
 from pico.errors import DataError, ParamsError
 from pico.finetune import (
     BucketedBatches,
@@ -69,6 +69,7 @@ def sft(cfg: SFTConfig, base: Checkpoint, tok: Tokenizer, train_rows: list[dict]
     only for the same inputs and config.
     """
     device = resolve_device(cfg.device)
+    dtype = resolve_precision(cfg.precision, device)
     encoded = _encode(cfg, base, encode_sft_rows, tok, {"train": train_rows, "valid": valid_rows})
     (train_enc, train_report), (valid_enc, valid_report) = encoded["train"], encoded["valid"]
 
@@ -79,15 +80,15 @@ def sft(cfg: SFTConfig, base: Checkpoint, tok: Tokenizer, train_rows: list[dict]
     valid_batches = batches(valid_enc).all_in_order()
 
     def evaluate(model):
-        return {"val_loss": evaluate_loss(model, valid_batches, lm_loss, device)["val_loss"]}
+        return {"val_loss": evaluate_loss(model, valid_batches, lm_loss, device, dtype=dtype)["val_loss"]}
 
     run_id = fingerprint("sft", asdict(cfg), *inputs_id)
     result, counts = _fine_tune(cfg, base.model, batches(train_enc), lm_loss, evaluate, resume, run_id)
     model = base.model
     metrics = {
         "val_loss": round(evaluate(model)["val_loss"], 5),
-        "train_loss": round(evaluate_loss(model, batches(train_enc).all_in_order(), lm_loss, device,
-                                          prefix="train_")["train_loss"], 5),
+        "train_loss": round(evaluate_loss(model, batches(train_enc).all_in_order(), lm_loss, device, "train_",
+                                          dtype)["train_loss"], 5),
         **counts,
         "train_rows": train_report.as_dict(),
         "valid_rows": valid_report.as_dict(),
@@ -101,6 +102,7 @@ def dpo(cfg: DPOConfig, sft_ckpt: Checkpoint, tok: Tokenizer, train_rows: list[d
     """Direct Preference Optimization against the frozen SFT model, whose log-probs are computed once and
     cached in `reference_cache` while the inputs (`inputs_id`: the SFT model's and rows' digests) stay."""
     device = resolve_device(cfg.device)
+    dtype = resolve_precision(cfg.precision, device)
     encoded = _encode(cfg, sft_ckpt, encode_dpo_rows, tok, {"train": train_rows, "valid": valid_rows})
     (train_pairs, train_report), (valid_pairs, valid_report) = encoded["train"], encoded["valid"]
 
@@ -110,8 +112,8 @@ def dpo(cfg: DPOConfig, sft_ckpt: Checkpoint, tok: Tokenizer, train_rows: list[d
     if ref is not None:
         log.info("reusing reference log-probs from %s", reference_cache)
     else:
-        ref = {"train": pair_logps(sft_ckpt.model, train_pairs, cfg.batch_size, device),
-               "valid": pair_logps(sft_ckpt.model, valid_pairs, cfg.batch_size, device)}
+        ref = {"train": pair_logps(sft_ckpt.model, train_pairs, cfg.batch_size, device, dtype),
+               "valid": pair_logps(sft_ckpt.model, valid_pairs, cfg.batch_size, device, dtype)}
         if is_main_process():
             write_bytes(reference_cache, to_bytes({"fingerprint": ref_id, **ref}))
     train_pairs, valid_pairs = with_reference(train_pairs, ref["train"]), with_reference(valid_pairs, ref["valid"])
@@ -123,13 +125,13 @@ def dpo(cfg: DPOConfig, sft_ckpt: Checkpoint, tok: Tokenizer, train_rows: list[d
     loss_fn = functools.partial(dpo_batch_loss, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
                                 loss_type=cfg.loss_type)
     valid_batches = batches(valid_pairs).all_in_order()
-    evaluate = functools.partial(evaluate_loss, batches=valid_batches, loss_fn=loss_fn, device=device)
+    evaluate = functools.partial(evaluate_loss, batches=valid_batches, loss_fn=loss_fn, device=device, dtype=dtype)
     disable_dropout(sft_ckpt.model)
     result, counts = _fine_tune(cfg, sft_ckpt.model, batches(train_pairs), loss_fn, evaluate, resume,
                                 fingerprint("dpo", asdict(cfg), ref_id))
     model = sft_ckpt.model
     final = evaluate(model)
-    train_final = evaluate_loss(model, batches(train_pairs).all_in_order(), loss_fn, device, "train_")
+    train_final = evaluate_loss(model, batches(train_pairs).all_in_order(), loss_fn, device, "train_", dtype)
     metrics = {
         **{f"val_{k}": round(final[f"val_{k}"], 5) for k in DPO_STATS},
         "train_loss": round(train_final["train_loss"], 5),

@@ -12,7 +12,7 @@ import torch
 
 from pico.config import ModelConfig, PretrainConfig
 from pico.data import TokenWindows, token_byte_lengths, unigram_loss
-from pico.device import resolve_device
+from pico.device import resolve_device, resolve_precision
 from pico.losses import lm_loss
 from pico.model import build_model, count_params
 from pico.recipes import Trained, fingerprint
@@ -24,11 +24,12 @@ def pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, tok: Tokenizer, train_
              val_tokens: np.ndarray, resume: Path | None = None) -> Trained:
     """A fresh model trained on random windows of the packed TinyStories stream."""
     device = resolve_device(cfg.device)
+    dtype = resolve_precision(cfg.precision, device)
     seq_len, token_bytes = cfg.seq_len or model_cfg.max_seq_len, token_byte_lengths(tok)
     train_windows = TokenWindows(train_tokens, seq_len, cfg.batch_size, cfg.seed, token_bytes)
     val_windows = TokenWindows(val_tokens, seq_len, cfg.batch_size, cfg.seed, token_bytes)
     val_batches = val_windows.eval_batches(cfg.eval_batches)
-    evaluate = functools.partial(lm_metrics, batches=val_batches, device=device)
+    evaluate = functools.partial(lm_metrics, batches=val_batches, device=device, dtype=dtype)
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg, tok.vocab_size)
     run_id = fingerprint("pretrain", asdict(cfg), asdict(model_cfg), tok.hash, hashlib.sha256(train_tokens).hexdigest())
@@ -37,7 +38,7 @@ def pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, tok: Tokenizer, train_
     final = evaluate(model)
     train_batches = TokenWindows(train_tokens, seq_len, cfg.batch_size, cfg.seed).eval_batches(cfg.eval_batches)
     metrics = {
-        "train_loss": round(evaluate_loss(model, train_batches, lm_loss, device, prefix="train_")["train_loss"], 5),
+        "train_loss": round(evaluate_loss(model, train_batches, lm_loss, device, "train_", dtype)["train_loss"], 5),
         "val_loss": round(final["val_loss"], 5),
         "val_bpb": round(final["val_bpb"], 5),
         "unigram_val_loss": round(unigram_loss(train_tokens, val_tokens, tok.vocab_size), 5),

@@ -1,0 +1,105 @@
+"""bf16 autocast on CPU: resolved from the hardware, close to fp32, fp32 where it must be, reproducible."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pico.device as device_mod
+import pico.kernels as kernels
+from conftest import config
+from pico.data import TokenWindows
+from pico.device import resolve_precision
+from pico.losses import head_nll, lm_loss
+from pico.model import build_model
+from pico.train import train
+
+V = 64
+CPU = torch.device("cpu")
+
+
+def test_precision_resolution(monkeypatch):
+    assert resolve_precision("fp32", CPU) == torch.float32
+    assert resolve_precision("bf16", CPU) == torch.bfloat16
+    assert resolve_precision("auto", torch.device("mps")) == torch.float32
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: False)  # an AVX2-only CPU: bf16 is emulated
+    assert resolve_precision("auto", CPU) == torch.float32
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)  # AVX512-BF16 or AMX
+    assert resolve_precision("auto", CPU) == torch.bfloat16
+
+
+def test_native_bf16_detection_reads_the_cpu_flags(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch, "cpu", None)  # no capability query: fall back to /proc/cpuinfo
+    assert device_mod.cpu_has_native_bf16() == (" avx512_bf16 " in open("/proc/cpuinfo").read().replace("\n", " ")
+                                                or " amx_bf16 " in open("/proc/cpuinfo").read().replace("\n", " "))
+
+
+def tiny(seed=0):
+    torch.manual_seed(seed)
+    return build_model(config("model", d_model=32, n_layer=2, n_head=2, max_seq_len=32), V)
+
+
+def windows():
+    g = torch.Generator().manual_seed(1)
+    stream = torch.where(torch.rand(2000, generator=g) < 0.1, torch.randint(0, V, (2000,), generator=g),
+                         torch.arange(2000) % V)
+    return TokenWindows(stream.numpy().astype("uint16"), 32, 8, 0)
+
+
+def test_bf16_loss_is_close_to_fp32_and_gradients_stay_fp32():
+    model, batch = tiny(), windows().train_batch(0)
+    fp32, _ = lm_loss(model, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16, _ = lm_loss(model, batch)
+    assert bf16.dtype == torch.float32  # loss sums stay fp32
+    assert bf16.item() == pytest.approx(fp32.item(), rel=1e-2)
+    bf16.backward()
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters() if p.grad is not None)
+
+
+def test_bf16_head_nll_matches_fp32_within_bf16_rounding():
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 100, 32, requires_grad=True)
+    weight = (torch.randn(V, 32) * 0.3).requires_grad_(True)
+    targets, mask = torch.randint(0, V, (2, 100)), (torch.rand(2, 100) > 0.3).float()
+    want, _ = head_nll(hidden, weight, targets, mask)
+    got, nll = kernels.head_nll(hidden, weight, targets, mask, chunk_logits=V * 16, compute_dtype=torch.bfloat16)
+    assert nll.dtype == torch.float32 and got.dtype == torch.float32
+    assert got.item() == pytest.approx(want.item(), rel=1e-2)
+    g_want = torch.autograd.grad(want, (hidden, weight))
+    g_got = torch.autograd.grad(got, (hidden, weight))
+    for a, b in zip(g_got, g_want):
+        assert a.dtype == torch.float32
+        assert (a - b).abs().max() < 0.02 * b.abs().max() + 1e-3
+
+
+def test_bf16_training_keeps_fp32_weights_and_optimizer_state_and_is_reproducible():
+    cfg = config("pretrain", device="cpu", precision="bf16", batch_size=8, grad_accum=1, lr=3e-3, warmup_steps=0,
+                 eval_every=100, save_every=100, log_every=1, weight_decay=0.0)
+    runs = []
+    for _ in range(2):
+        model = tiny()
+        result = train(model, cfg, total_steps=6, get_batch=windows().train_batch, loss_fn=lm_loss)
+        assert result.precision == "bf16"
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        runs.append((model.state_dict(), [r["loss"] for r in result.train_curve]))
+    (a, curve_a), (b, curve_b) = runs
+    assert curve_a == curve_b and all(torch.equal(a[k], b[k]) for k in a)  # byte-identical on the same machine
+    fp32 = tiny()
+    fp32_curve = [r["loss"] for r in train(fp32, config("pretrain", device="cpu", precision="fp32", batch_size=8,
+                                                           grad_accum=1, lr=3e-3, warmup_steps=0, eval_every=100,
+                                                           save_every=100, log_every=1, weight_decay=0.0),
+                                           total_steps=6, get_batch=windows().train_batch, loss_fn=lm_loss).train_curve]
+    assert curve_a == pytest.approx(fp32_curve, rel=2e-2)  # the same training, within bf16 rounding
+
+
+def test_optimizer_state_is_fp32_under_bf16():
+    from pico.train import make_optimizer
+
+    model = tiny()
+    opt = make_optimizer(model, config("pretrain", lr=1e-3), CPU)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = lm_loss(model, windows().train_batch(0))
+    loss.backward()
+    opt.step()
+    assert all(v.dtype == torch.float32 for s in opt.state.values() for k, v in s.items() if k != "step")
