@@ -122,30 +122,6 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- output layer + NLL
-class _Products:
-    """The three products of the output layer, in fp32 (oneDNN where it wins) or in bf16 with fp32 results."""
-
-    def __init__(self, weight: torch.Tensor, compute_dtype: torch.dtype, with_grad: bool):
-        self.bf16 = compute_dtype != torch.float32
-        self.w = weight.to(compute_dtype) if self.bf16 else weight
-        self.w_t = weight.t().contiguous() if with_grad and not self.bf16 else None  # G @ W = mm_t(G, Wᵀ)
-        self.with_grad, self.dtype = with_grad, compute_dtype
-
-    def logits(self, h: torch.Tensor) -> torch.Tensor:  # (n, d) -> (n, V) fp32
-        if self.bf16:
-            return (h.to(self.dtype) @ self.w.t()).float()
-        return mm_t(h, self.w) if self.with_grad else h @ self.w.t()  # oneDNN for training only
-
-    def grad_hidden(self, g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:  # G @ W
-        return (g.to(self.dtype) @ self.w).to(like.dtype) if self.bf16 else mm_t(g, self.w_t)
-
-    def add_grad_weight(self, grad_w: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> None:  # += Gᵀ @ h
-        if self.bf16:
-            grad_w += (g.to(self.dtype).t() @ h.to(self.dtype)).float()
-        else:
-            grad_w.addmm_(g.t(), h)
-
-
 def _chunked_head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                       row_scale: torch.Tensor | None, with_grad: bool, chunk_logits: int,
                       compute_dtype: torch.dtype = torch.float32):
@@ -155,36 +131,53 @@ def _chunked_head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
     The gradient of the sum w.r.t. a chunk's logits is s_i · (softmax − onehot): it needs nothing but the
     chunk, so it is formed in place in the chunk's logits and multiplied out at once (Liger-Kernel's fused
     linear cross-entropy does the same on GPUs). hidden (N, d), weight (V, d), targets (N,), row_scale (N,).
-    With `compute_dtype` bf16 the products run in bf16; log-softmax, the loss and the sums stay fp32.
+    With `compute_dtype` bf16 the products run in bf16 (each operand converted once); log-softmax, the loss,
+    the sums and the weight gradient's accumulation stay fp32.
     """
     N, V = hidden.shape[0], weight.shape[0]
+    bf16 = compute_dtype != torch.float32
     chunk = max(1, chunk_logits // V)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     row_nll = torch.empty(N, dtype=torch.float32, device=hidden.device)
-    grad_h = torch.empty_like(hidden) if with_grad else None
+    grad_h = torch.empty(hidden.shape, dtype=compute_dtype if bf16 else hidden.dtype) if with_grad else None
     grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grad else None
-    products = _Products(weight, compute_dtype, with_grad)
+    hidden_dtype = hidden.dtype
+    if bf16:
+        hidden, w = hidden.to(compute_dtype), weight.to(compute_dtype)
+    else:
+        w = weight
+    weight_t = w.t().contiguous() if with_grad and not bf16 else None  # fp32: d/dh = G @ W = mm_t(G, Wᵀ)
     for s in range(0, N, chunk):
         h, t = hidden[s : s + chunk], targets[s : s + chunk]
-        w = row_scale[s : s + chunk] if row_scale is not None else None
-        z = products.logits(h)
+        r = row_scale[s : s + chunk] if row_scale is not None else None
+        if bf16:
+            z = (h @ w.t()).float()  # (n, V) logits in fp32 from bf16 products
+        else:
+            z = mm_t(h, w) if with_grad else h @ w.t()  # oneDNN for training only
         target_logit = z.gather(1, t.unsqueeze(1)).squeeze(1)
         zmax = z.amax(dim=1, keepdim=True)
         z.sub_(zmax).exp_()
         sumexp = z.sum(dim=1, keepdim=True)
         nll = (zmax + sumexp.log()).squeeze(1) - target_logit
         row_nll[s : s + chunk] = nll
-        total += nll.sum() if w is None else (nll * w).sum()
+        total += nll.sum() if r is None else (nll * r).sum()
         if with_grad:
             scale = sumexp.reciprocal_()
-            if w is not None:
-                scale.mul_(w.unsqueeze(1))
+            if r is not None:
+                scale.mul_(r.unsqueeze(1))
             z.mul_(scale)  # s · softmax
-            minus_w = -w if w is not None else torch.full_like(nll, -1.0)
-            z.scatter_add_(1, t.unsqueeze(1), minus_w.unsqueeze(1))  # s · (softmax − onehot)
-            grad_h[s : s + chunk] = products.grad_hidden(z, grad_h)
-            products.add_grad_weight(grad_w, z, h)
-    return total, row_nll, grad_h, grad_w.to(weight.dtype) if with_grad else None
+            minus_r = -r if r is not None else torch.full_like(nll, -1.0)
+            z.scatter_add_(1, t.unsqueeze(1), minus_r.unsqueeze(1))  # s · (softmax − onehot)
+            if bf16:
+                g = z.to(compute_dtype)
+                torch.mm(g, w, out=grad_h[s : s + chunk])
+                grad_w += g.t() @ h  # a bf16 product added into the fp32 sum
+            else:
+                grad_h[s : s + chunk] = mm_t(z, weight_t)
+                grad_w.addmm_(z.t(), h)
+    if with_grad and bf16:
+        grad_h = grad_h.to(hidden_dtype)
+    return total, row_nll, grad_h, grad_w
 
 
 class _HeadNLL(torch.autograd.Function):
