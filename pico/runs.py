@@ -16,7 +16,8 @@ from pico.errors import PicoError
 EVALUATE = "metrics/evaluate.json"
 KEY_PARAMS = ["model.type", "model.d_model", "model.n_layer", "pretrain.max_steps", "sft.lr", "sft.epochs",
               "dpo.beta", "dpo.loss_type", "dpo.label_smoothing", "generate.pair_difficulty"]
-KEY_METRICS = ["dpo.dpo_test_pref_acc", "dpo.pass_mean", "dpo.pass_all", "dpo.sft_test_loss", "pretrain.val_bpb"]
+KEY_METRICS = ["dpo.unseen_pass_all", "sft.unseen_pass_all", "dpo.seen_pass_all", "dpo.pref_acc_logp_norm",
+               "dpo.sft_test_unseen_loss", "pretrain.val_bpb"]
 
 
 @dataclass

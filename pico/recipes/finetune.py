@@ -45,7 +45,7 @@ def _fine_tune(cfg: FinetuneConfig, model: nn.Module, train_batches: BucketedBat
     result = train(model, cfg, total_steps=total, get_batch=train_batches.micro, loss_fn=loss_fn, evaluate=evaluate,
                    keep_best=True, resume_path=resume, fingerprint=run_id, desc=cfg.KEY)
     counts = {"best_step": result.best_step, "steps": result.steps_done, "planned_steps": total,
-              "stopped_early": result.stopped_early}
+              "stopped_early": result.stopped_early, "tokens_seen": result.tokens_seen}
     return result, counts
 
 

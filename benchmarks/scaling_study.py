@@ -1,0 +1,120 @@
+"""The scaling study: unseen_pass_all of SFT and DPO against training compute, from DVC's own records.
+
+    python benchmarks/scaling_study.py                       # experiments with experiment.purpose scaling_study
+    python benchmarks/scaling_study.py --purpose pair_mix --x pair_difficulty
+    python benchmarks/scaling_study.py --input exp_show.json  # a saved `dvc exp show --json`
+
+Reads `dvc exp show --json` (every run of the workspace, its experiments and queue), keeps the runs of one
+`experiment.purpose`, and writes a Markdown table and a PNG plot (pass rates with their Wilson 95% intervals)
+into benchmarks/results/. Training FLOPs are counted as 6 x parameters x tokens processed (forward and
+backward, the standard estimate), summed over the stages a checkpoint went through: pretraining tokens for
+every checkpoint, plus SFT tokens for sft, plus DPO tokens (chosen and rejected rows) for dpo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from pico.runs import Run, get_path, load_runs, parse_exp_show  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PARAMS = ["model.d_model", "model.n_layer", "pretrain.max_steps", "sft.epochs", "sft.max_steps", "dpo.epochs",
+          "generate.pair_difficulty", "generate.sft_splits.train"]
+
+
+def stage_metrics(run: Run, stage: str) -> dict:
+    return run.metrics.get(f"metrics/{stage}.json", {})
+
+
+def training_flops(run: Run) -> dict[str, float] | None:
+    """6 N D per stage, cumulative: {"base": ..., "sft": ..., "dpo": ...}; None when a stage's counts are missing."""
+    pre, sft, dpo = (stage_metrics(run, s) for s in ("pretrain", "sft", "dpo"))
+    n = pre.get("params")
+    tokens = [pre.get("tokens_seen"), sft.get("tokens_seen"), dpo.get("tokens_seen")]
+    if n is None or None in tokens:
+        return None
+    base = 6 * n * tokens[0]
+    return {"base": base, "sft": base + 6 * n * tokens[1], "dpo": base + 6 * n * (tokens[1] + tokens[2])}
+
+
+def rows_of(runs: list[Run]) -> list[dict]:
+    rows = []
+    for run in runs:
+        flops, evaluate = training_flops(run), run.metrics.get("metrics/evaluate.json", {})
+        if flops is None or not evaluate:
+            continue
+        row = {"run": run.name, "params": stage_metrics(run, "pretrain").get("params"),
+               **{p: get_path(run.params, p) for p in PARAMS}}
+        for ckpt in ("sft", "dpo"):
+            m = evaluate.get(ckpt, {})
+            row[f"{ckpt}_flops"] = flops[ckpt]
+            for key in ("unseen_pass_all", "unseen_pass_all_lo", "unseen_pass_all_hi", "seen_pass_all"):
+                row[f"{ckpt}_{key}"] = m.get(key)
+        row["base_val_bpb"] = stage_metrics(run, "pretrain").get("val_bpb")
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["dpo_flops"])
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| run | params | d_model x layers | pretrain steps | SFT FLOPs | SFT unseen_pass_all [95% CI] | "
+            "DPO FLOPs | DPO unseen_pass_all [95% CI] | base val bpb |")
+    lines = [head, "|---|---:|---|---:|---:|---|---:|---|---:|"]
+    for r in rows:
+        def rate(ckpt):
+            v = r[f"{ckpt}_unseen_pass_all"]
+            return "-" if v is None else f"{v:.3f} [{r[f'{ckpt}_unseen_pass_all_lo']:.3f}, " \
+                                         f"{r[f'{ckpt}_unseen_pass_all_hi']:.3f}]"
+        lines.append(f"| {r['run']} | {r['params']:,} | {r['model.d_model']} x {r['model.n_layer']} | "
+                     f"{r['pretrain.max_steps']} | {r['sft_flops']:.2e} | {rate('sft')} | {r['dpo_flops']:.2e} | "
+                     f"{rate('dpo')} | {r['base_val_bpb']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for ckpt, color in (("sft", "#4c72b0"), ("dpo", "#c44e52")):
+        pts = [r for r in rows if r[f"{ckpt}_unseen_pass_all"] is not None]
+        xs = [r[f"{ckpt}_flops"] for r in pts]
+        ys = [r[f"{ckpt}_unseen_pass_all"] for r in pts]
+        err = [[y - r[f"{ckpt}_unseen_pass_all_lo"] for y, r in zip(ys, pts)],
+               [r[f"{ckpt}_unseen_pass_all_hi"] - y for y, r in zip(ys, pts)]]
+        ax.errorbar(xs, ys, yerr=err, fmt="o-", color=color, capsize=3, label=ckpt.upper())
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("training FLOPs (6 x params x tokens, all stages so far)")
+    ax.set_ylabel("unseen_pass_all (95% Wilson interval)")
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, metadata={"Software": None})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--purpose", default="scaling_study")
+    ap.add_argument("--input", help="a saved `dvc exp show --json` instead of asking DVC")
+    ap.add_argument("--name", default=None, help="output file stem (default: the purpose)")
+    ap.add_argument("--out-dir", default=str(RESULTS))
+    args = ap.parse_args()
+    runs = parse_exp_show(json.loads(Path(args.input).read_text())) if args.input else load_runs()
+    rows = rows_of([r for r in runs if r.purpose == args.purpose and not r.error])
+    if not rows:
+        raise SystemExit(f"no finished runs with experiment.purpose {args.purpose!r} (see `pico runs`)")
+    name, out = args.name or args.purpose, Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(markdown(rows))
+    (out / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(rows, out / f"{name}.png", f"{args.purpose}: stories passing every check on held-out-value specs")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
