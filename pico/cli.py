@@ -456,7 +456,10 @@ def cmd_check(args) -> int:
 
 # ----------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pico", description=__doc__.splitlines()[0])
+    from pico.stage import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(prog="pico", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error (or set PICO_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     add_play(sub)
     add_compare(sub)
@@ -467,17 +470,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one subcommand: exit 0, or 2 with one line naming the flag or file (130 on Ctrl-C, 1 for a bug in pico);
+    `--debug` or PICO_DEBUG=1 adds the traceback."""
+    from pico.errors import exit_status
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # usage errors are one line (OneLineArgumentParser); --help exits 0
+        return e.code if isinstance(e.code, int) else 2
     try:
         return int(args.func(args) or 0)
-    except PicoError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
     except BrokenPipeError:  # `pico ... | head`
         sys.stderr.close()
         return 0
+    except (Exception, KeyboardInterrupt) as e:
+        return exit_status(e, debug=args.debug)
 
 
 if __name__ == "__main__":

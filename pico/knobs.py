@@ -12,6 +12,7 @@ import typing
 from dataclasses import field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -59,6 +60,28 @@ def _typed(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def url_problem(url: str) -> str | None:
+    """Why an http(s) URL in params.yaml is unusable, without quoting it (it may hold a password), or None."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed [IPv6 bracket
+        return "is not a valid URL"
+    if "@" in parts.netloc:
+        return ("holds user info (user:password@host): credentials never belong in params.yaml, a committed file "
+                "that DVC copies into dvc.lock; remove them and put the API key in the environment variable "
+                "named by generate.teacher.api_key_env")
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    try:
+        parts.port  # noqa: B018 (raises on a port that is not a number in [0, 65535])
+        parts.hostname.encode("idna")  # a host http.client could not put in a request
+    except (ValueError, UnicodeError):
+        return "has a port that is not a number in [0, 65535]"
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "must not contain spaces or control characters"
+    return None
+
+
 def type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return " | ".join(map(repr, typing.get_args(tp)))
@@ -78,6 +101,10 @@ class Section:
             object.__setattr__(self, f.name, value)
             if meta["range"] and isinstance(value, (int, float)) and not in_range(value, meta["range"]):
                 raise ParamsError(key, f"must be in {meta['range']} (got {value!r})")
+            if meta["pattern"] and isinstance(value, str) and meta["pattern"].startswith("https?://"):
+                problem = url_problem(value)
+                if problem:
+                    raise ParamsError(key, problem)
             if meta["pattern"] and isinstance(value, str) and not re.fullmatch(meta["pattern"], value):
                 raise ParamsError(key, f"must match {meta['pattern']} (got {value!r})")
         self.validate()
