@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from pico.errors import ParamsError
+from pico.errors import ParamsError, PicoError
 
 
 def knob(help: str, range: str = "", pattern: str = "") -> Any:
@@ -57,6 +57,19 @@ def _typed(value: Any, tp: Any, key: str) -> Any:
         raise ParamsError(key, f"must be {type_name(tp)} (got {value!r})")
     if tp is float and not math.isfinite(value):
         raise ParamsError(key, f"must be a finite number (got {value!r})")
+    return value
+
+
+def check_flag(cls: type, name: str, value: Any, flag: str) -> Any:
+    """A command-line flag that sets what the knob `cls.name` sets, checked against the knob's type and range:
+    the same values are refused in params.yaml and on the command line, each error naming where it came from."""
+    f = next(f for f in fields(cls) if f.name == name)
+    try:
+        value = _typed(value, typing.get_type_hints(cls)[name], flag)
+    except ParamsError as e:
+        raise PicoError(str(e).removeprefix("params: ")) from None
+    if f.metadata["range"] and not in_range(value, f.metadata["range"]):
+        raise PicoError(f"{flag}: must be in {f.metadata['range']} (got {value!r})")
     return value
 
 
