@@ -144,16 +144,30 @@ def build_section(cls: type, raw: Any, key: str) -> Any:
     return cls(**raw)
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """YAML that refuses a key given twice in one mapping (plain YAML silently keeps the last one)."""
-
-    def construct_mapping(self, node, deep=False):
-        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
-        for i, (key_node, _) in enumerate(node.value):
-            if keys[i] in keys[:i]:
-                raise ParamsError(str(keys[i]), f"given twice in one mapping (line {key_node.start_mark.line + 1})")
-        return super().construct_mapping(node, deep=deep)
-
+def duplicate_key(node: yaml.Node, path: str = "", seen: set[int] | None = None) -> tuple[str, int] | None:
+    """(dotted key, line) of the first key given twice in one mapping of a composed YAML document, or None.
+    Plain YAML silently keeps the last value; `dvc repro` refuses the file, so every entry point must too."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias to a node already checked
+        return None
+    seen.add(id(node))
+    children: list[tuple[str, yaml.Node]] = []
+    if isinstance(node, yaml.MappingNode):
+        names: set[str] = set()
+        for key_node, value_node in node.value:
+            name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            full = f"{path}.{name}" if path else name
+            if isinstance(key_node, yaml.ScalarNode) and name in names:
+                return full, key_node.start_mark.line + 1
+            names.add(name)
+            children.append((full, value_node))
+    elif isinstance(node, yaml.SequenceNode):
+        children = [(f"{path}[{i}]", item) for i, item in enumerate(node.value)]
+    for child_path, child in children:
+        found = duplicate_key(child, child_path, seen)
+        if found:
+            return found
+    return None
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -162,11 +176,23 @@ def read_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise ParamsError(str(path), "file not found; run from the repository root or pass --params")
     try:
-        return yaml.load(path.read_bytes().decode("utf-8"), Loader=_StrictLoader)
+        loader = yaml.SafeLoader(path.read_bytes().decode("utf-8"))
+        try:
+            node = loader.get_single_node()
+            duplicate = duplicate_key(node) if node is not None else None
+            if duplicate:
+                raise ParamsError(duplicate[0], f"given twice (line {duplicate[1]} of {path}); keep one")
+            return loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except UnicodeDecodeError as e:
         raise ParamsError(str(path), f"is not UTF-8 text (byte {e.start})") from None
-    except yaml.YAMLError as e:
-        raise ParamsError(str(path), f"is not valid YAML: {e}") from None
+    except yaml.YAMLError as e:  # one line: the problem and where, not PyYAML's multi-line excerpt
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ParamsError(str(path), f"is not valid YAML: {getattr(e, 'problem', None) or e}{where}") from None
+    except RecursionError:
+        raise ParamsError(str(path), "is nested too deeply to be a params file") from None
 
 
 def describe(cls: type, prefix: str) -> list[tuple[str, str, str]]:
