@@ -61,10 +61,21 @@ def _check_play_flags(args) -> None:
         check_flag(EvaluateConfig, name, getattr(args, name), "--" + name.replace("_", "-"))
     for name in FIELDS:
         value = getattr(args, name)
-        if value is not None and (not value.strip() or "\n" in value or "\r" in value):
+        if value is not None and (not value.strip() or "\n" in value or "\r" in value or not _is_text(value)):
             raise PicoError(f"--{name}: must be one line of text (got {value!r:.40}); leave it out to draw one")
     if args.prompt is not None and not args.prompt.strip():
         raise PicoError("--prompt: is empty; give the text to continue, or leave --prompt out to play a drawn spec")
+    if args.prompt is not None and not _is_text(args.prompt):
+        raise PicoError("--prompt: is not valid UTF-8 text (a byte the terminal could not decode)")
+
+
+def _is_text(value: str) -> bool:
+    """False for strings holding lone surrogates: how Python keeps argv bytes that were not UTF-8."""
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _read_prompt_file(path: Path) -> str:

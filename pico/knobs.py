@@ -187,10 +187,14 @@ def read_yaml(path: str | Path) -> Any:
             loader.dispose()
     except UnicodeDecodeError as e:
         raise ParamsError(str(path), f"is not UTF-8 text (byte {e.start})") from None
+    except yaml.reader.ReaderError as e:
+        raise ParamsError(str(path), f"holds the character {chr(e.character)!r} (byte {e.position}), which YAML "
+                                     f"does not allow; remove it") from None
     except yaml.YAMLError as e:  # one line: the problem and where, not PyYAML's multi-line excerpt
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ParamsError(str(path), f"is not valid YAML: {getattr(e, 'problem', None) or e}{where}") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ParamsError(str(path), f"is not valid YAML: {problem}{where}") from None
     except RecursionError:
         raise ParamsError(str(path), "is nested too deeply to be a params file") from None
 
