@@ -24,9 +24,8 @@ def run_stage(main: Callable[[list[str] | None], int | None], argv: list[str] | 
     except (Exception, KeyboardInterrupt) as e:
         return exit_status(e)
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
+        dist = sys.modules.get("torch.distributed")  # only a stage that imported torch can have a process group
+        if dist is not None and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
 
