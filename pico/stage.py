@@ -22,11 +22,22 @@ def run_stage(main: Callable[[list[str] | None], int | None], argv: list[str] | 
     try:
         return int(main(argv) or 0)
     except (Exception, KeyboardInterrupt) as e:
+        _end_progress_bars()
         return exit_status(e)
     finally:
         dist = sys.modules.get("torch.distributed")  # only a stage that imported torch can have a process group
         if dist is not None and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars a failure left open, so the error gets a line of its own (not a bar's tail)."""
+    tqdm = sys.modules.get("tqdm")
+    bars = list(getattr(getattr(tqdm, "tqdm", None), "_instances", []) or [])
+    for bar in bars:
+        bar.close()
+    if bars:
+        print(file=sys.stderr)
 
 
 def write_curve_csv(path: str | Path, rows: list[dict], columns: list[str] | None = None) -> None:
