@@ -249,6 +249,9 @@ class TeacherClient:
             status, headers, raw = self._exchange(self.url, data, deadline)
         except _Retryable:
             raise
+        except ssl.SSLCertVerificationError as e:  # permanent: retrying cannot make the certificate verify
+            raise TeacherError(f"teacher at {self.url} presented a TLS certificate that does not verify "
+                               f"({e.verify_message}); check generate.teacher.base_url") from None
         except (OSError, http.client.HTTPException, ValueError) as e:  # a killed socket surfaces as any of these
             if self._cancelled.is_set():
                 raise TeacherCancelled("teacher request cancelled") from None
