@@ -317,3 +317,14 @@ def test_stage_with_teacher_never_writes_the_key(teacher, tmp_path):
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("key,kind", [("sk-live-abc\ndef-123", "a line break"), ("sk-live-abc-é-123", "a non-ASCII")])
+def test_stage_with_a_key_that_cannot_be_sent_fails_in_one_line_without_it(tmp_path, key, kind):
+    params = {"generate": {"provider": "openai", "sft_splits": SMALL_SFT, "dpo_splits": SMALL,
+                           "teacher": {"api_key_env": "PICO_TEST_BAD_KEY"}}}
+    proc = run_stage(tmp_path, params, env={"PICO_TEST_BAD_KEY": key})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: the API key in PICO_TEST_BAD_KEY") and kind in proc.stderr
+    assert "sk-live" not in proc.stderr and "123" not in proc.stderr
+    assert not (tmp_path / "data").exists()
