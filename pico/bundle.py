@@ -29,13 +29,13 @@ import pandas as pd  # noqa: E402
 from pico.checks import CHECKS  # noqa: E402
 from pico.compare import KEY_METRICS, direction  # noqa: E402
 from pico.config import Params  # noqa: E402
+from pico.errors import SECRET_NAME, URL_USERINFO, secret_values  # noqa: E402, F401 (secret_values: stages/bundle.py)
 from pico.io import write_json, write_text  # noqa: E402
 
 # environment variables a snapshot may record; anything that looks like a secret is dropped even if listed
 ENV_ALLOW = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED", "WORLD_SIZE", "RANK",
              "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_ID", "SLURM_NNODES", "DVC_EXP_NAME",
              "DVC_EXP_BASELINE_REV", "DVC_ROOT", "CI", "PICO_TINYSTORIES")
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
 
 
 # ----------------------------------------------------------------------------------------------- pipeline
@@ -269,20 +269,16 @@ def safe_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     return {k: env[k] for k in ENV_ALLOW if k in env and not SECRET_NAME.search(k)}
 
 
-def secret_values(env: dict[str, str] | None = None) -> list[str]:
-    """Values of environment variables whose names look secret (long enough to search for)."""
-    env = dict(os.environ if env is None else env)
-    return [v for k, v in env.items() if SECRET_NAME.search(k) and len(v) >= 8]
-
-
 def find_secrets(paths: list[Path], secrets: list[str]) -> list[str]:
-    """Files under `paths` that contain any of `secrets` (the bundle must never hold one)."""
+    """Files under `paths` that contain any of `secrets`, or a URL with user info (`https://user:pw@host`):
+    the bundle must never hold one."""
     hits = []
     needles = [s.encode() for s in secrets]
+    userinfo = re.compile(URL_USERINFO.pattern.encode())
     for root in paths:
         for path in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
             data = path.read_bytes()
-            if any(n in data for n in needles):
+            if any(n in data for n in needles) or userinfo.search(data):
                 hits.append(str(path))
     return hits
 

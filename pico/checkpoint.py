@@ -17,10 +17,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from pico.config import ModelConfig
-from pico.errors import CheckpointError, ParamsError
+from pico.config import DPOConfig, ModelConfig
+from pico.errors import CheckpointError, ParamsError, PicoError
 from pico.io import sha256_file, write_bytes
-from pico.knobs import build_section
+from pico.knobs import build_section, check_flag
 from pico.model import build_model, model_meta, unwrap
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,19 @@ def read_cache(path: str | Path, fingerprint: str) -> dict | None:
     return state
 
 
+def _shape_mismatch(cfg: ModelConfig, vocab_size: int, weights: dict[str, torch.Tensor]) -> str | None:
+    """How `weights` differ from the tensors the recorded config builds (on the meta device: nothing allocated)."""
+    with torch.device("meta"):
+        expected = {k: (tuple(v.shape), v.dtype) for k, v in build_model(cfg, vocab_size).state_dict().items()}
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        return f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+    for name, (shape, dtype) in expected.items():
+        if tuple(weights[name].shape) != shape or weights[name].dtype != dtype:
+            return f"{name} is {tuple(weights[name].shape)} {weights[name].dtype}, the config gives {shape} {dtype}"
+    return None
+
+
 @dataclass
 class Checkpoint:
     model: nn.Module
@@ -114,25 +127,39 @@ def load_checkpoint(path: str | Path, *, tokenizer_hash: str | None = None,
     """Rebuild the model a checkpoint describes and load its weights, checking it fits what it is used with."""
     payload = read_payload(path)
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
-    model_meta_ = dict(meta.get("model") or {})
+    if not isinstance(meta.get("model"), dict):
+        raise CheckpointError(f"{path}: bad model config in checkpoint: 'model' is not a mapping of settings")
+    model_meta_ = dict(meta["model"])
     vocab_size = model_meta_.pop("vocab_size", None)
     try:
         cfg = build_section(ModelConfig, model_meta_, "model")
     except ParamsError as e:
         raise CheckpointError(f"{path}: bad model config in checkpoint: {e}") from None
-    if not isinstance(vocab_size, int) or not 0 < vocab_size <= 1 << 20:
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or not 0 < vocab_size <= 1 << 20:
         raise CheckpointError(f"{path}: bad model config in checkpoint: vocab_size {vocab_size!r}")
     if tokenizer_hash is not None and meta.get("tokenizer_hash") != tokenizer_hash:
         raise CheckpointError(
             f"{path}: trained with tokenizer {str(meta.get('tokenizer_hash'))[:12]}, but the tokenizer in use is "
             f"{tokenizer_hash[:12]}; retrain it (`dvc repro`) or use the matching tokenizer"
         )
+    if meta.get("stage") == "dpo":  # evaluate reads its beta and loss type to measure the implicit reward
+        train_config = meta.get("train_config")
+        try:
+            if not isinstance(train_config, dict):
+                raise PicoError("train_config: is not a mapping")
+            for name in ("beta", "loss_type"):
+                check_flag(DPOConfig, name, train_config.get(name), f"train_config.{name}")
+        except PicoError as e:
+            raise CheckpointError(f"{path}: bad DPO settings in checkpoint: {e}") from None
     weights = payload.get("state_dict")
-    if not isinstance(weights, dict) or not all(torch.is_tensor(v) for v in weights.values()):
-        raise CheckpointError(f"{path}: state_dict is not a mapping of tensors")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
+        raise CheckpointError(f"{path}: state_dict is not a mapping of names to tensors")
     bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise CheckpointError(f"{path}: weights are not finite (NaN or inf) in {bad[0]}")
+    mismatch = _shape_mismatch(cfg, vocab_size, weights)
+    if mismatch:  # before allocating: a small file recording a huge model must not ask for 64 GB
+        raise CheckpointError(f"{path}: weights do not match the model config it records: {mismatch}")
     model = build_model(cfg, vocab_size)
     try:
         model.load_state_dict(weights, strict=True)

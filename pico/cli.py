@@ -47,7 +47,53 @@ def _spec_from_args(args, seed: int):
     from pico.spec import FIELDS, Spec, sample_specs
 
     drawn = sample_specs(1, seed)[0]
-    return Spec(**{f: getattr(args, f) or getattr(drawn, f) for f in FIELDS})
+    return Spec(**{f: getattr(args, f) if getattr(args, f) is not None else getattr(drawn, f) for f in FIELDS})
+
+
+def _check_play_flags(args) -> None:
+    """Every flag checked before a checkpoint is loaded: sampling flags against the evaluate knobs' ranges (the
+    same values are refused in params.yaml and here), spec fields and the prompt for being text at all."""
+    from pico.config import EvaluateConfig
+    from pico.knobs import check_flag
+    from pico.spec import FIELDS
+
+    for name in ("temperature", "top_p", "top_k", "max_new_tokens", "no_repeat_ngram", "seed", "batch_size"):
+        check_flag(EvaluateConfig, name, getattr(args, name), "--" + name.replace("_", "-"))
+    for name in FIELDS:
+        value = getattr(args, name)
+        if value is not None and (not value.strip() or "\n" in value or "\r" in value or not _is_text(value)):
+            raise PicoError(f"--{name}: must be one line of text (got {value!r:.40}); leave it out to draw one")
+    if args.prompt is not None and not args.prompt.strip():
+        raise PicoError("--prompt: is empty; give the text to continue, or leave --prompt out to play a drawn spec")
+    if args.prompt is not None and not _is_text(args.prompt):
+        raise PicoError("--prompt: is not valid UTF-8 text (a byte the terminal could not decode)")
+
+
+def _is_text(value: str) -> bool:
+    """False for strings holding lone surrogates: how Python keeps argv bytes that were not UTF-8."""
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _read_prompt_file(path: Path) -> str:
+    """The one prompt a text file holds; a DataError naming the file when it is missing, binary, not UTF-8 or empty."""
+    from pico.errors import DataError
+
+    if not path.is_file():
+        raise DataError(f"{path}: prompt file not found")
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    if b"\x00" in raw:
+        raise DataError(f"{path}: looks binary (holds NUL bytes); give a UTF-8 text file or a .jsonl of prompts")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    if not text.strip():
+        raise DataError(f"{path}: prompt file is empty")
+    return text
 
 
 def _fit_prompt(ids: list[int], context: int, max_new: int, truncate: bool, label: str) -> list[int]:
@@ -70,9 +116,7 @@ def cmd_play(args) -> int:
     from pico.sampling import SamplingConfig, sample
     from pico.tokenizer import load_tokenizer
 
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.max_new_tokens <= 0:
-        raise PicoError("bad sampling flags: need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, "
-                        "--max-new-tokens > 0")
+    _check_play_flags(args)
     device = resolve_device(args.device)
     tok = load_tokenizer(args.tokenizer)
     ckpt = load_checkpoint(args.checkpoint, tokenizer_hash=tok.hash, device=device)
@@ -98,11 +142,8 @@ def cmd_play(args) -> int:
             print(json.dumps({"prompt": row["prompt"], "response": story}, ensure_ascii=False))
         return 0
     if args.prompt_file:
-        path = Path(args.prompt_file)
-        if not path.is_file():
-            raise PicoError(f"{path}: prompt file not found")
-        prompt = path.read_text(encoding="utf-8")
-    elif args.prompt:
+        prompt = _read_prompt_file(Path(args.prompt_file))
+    elif args.prompt is not None:
         prompt = args.prompt
     else:
         prompt = build_prompt(_spec_from_args(args, args.seed))
@@ -187,11 +228,19 @@ def cmd_compare(args) -> int:
             raise PicoError("give two checkpoint names (e.g. `pico compare base dpo`) or two --rev")
         from pico.io import read_json
 
+        from pico.errors import DataError
+
         metrics = read_json(args.metrics_file)
+        if not isinstance(metrics, dict):
+            raise DataError(f"{args.metrics_file}: expected {{checkpoint: {{metric: value}}}}, got a JSON "
+                            f"{type(metrics).__name__}; pass the file `evaluate` writes (metrics/evaluate.json)")
         for name in args.checkpoints:
             if name not in metrics:
-                raise PicoError(f"no checkpoint {name!r} in {args.metrics_file} (has: {', '.join(metrics)}); "
+                raise PicoError(f"no checkpoint {name!r} in {args.metrics_file} (has: {', '.join(map(str, metrics))}); "
                                 f"run `dvc repro evaluate`")
+            if not isinstance(metrics[name], dict):
+                raise DataError(f"{args.metrics_file}: {name!r} must be an object of metrics (got a JSON "
+                                f"{type(metrics[name]).__name__})")
         a_name, b_name = args.checkpoints
         title = f"{a_name} -> {b_name}"
         sections = {title: compare_metrics(flatten(metrics[a_name]), flatten(metrics[b_name]))}
@@ -240,13 +289,29 @@ def _compare_seeds(args, sides: list[list[str]]) -> int:
 
 
 def _workspace_generations(eval_dir: Path) -> list[dict]:
-    from pico.io import read_jsonl
-
     files = sorted(eval_dir.glob("generations_*.jsonl"))
     if not files:
         print(f"note: {eval_dir} holds no generations_*.jsonl: no paired tests (run `dvc repro evaluate`)",
               file=sys.stderr)
-    return [r for f in files for r in read_jsonl(f, required=("checkpoint", "split", "index", "checks"))]
+    return [r for f in files for r in _generation_records(f)]
+
+
+def _generation_records(path: Path) -> list[dict]:
+    """evaluate's generation records of one file, each checked for what the paired tests read (file:line errors)."""
+    from pico.checks import CHECKS
+    from pico.errors import DataError
+    from pico.io import iter_jsonl
+
+    records = []
+    for lineno, r in iter_jsonl(path):
+        ok = (isinstance(r.get("checkpoint"), str) and isinstance(r.get("split"), str)
+              and isinstance(r.get("index"), int) and isinstance(r.get("passed_all"), bool)
+              and isinstance(r.get("checks"), dict) and all(isinstance(r["checks"].get(c), bool) for c in CHECKS))
+        if not ok:
+            raise DataError(f"{path}:{lineno}: not a generation record of `evaluate` (needs checkpoint, split, "
+                            f"index, passed_all and a true/false for every check); rerun `dvc repro evaluate`")
+        records.append(r)
+    return records
 
 
 def _generations_at(rev: str, eval_dir: str, checkpoint: str) -> list[dict]:
@@ -395,33 +460,27 @@ def _check_rows(path: Path) -> list[tuple[int, str, object]]:
     from pico.prompt import parse_prompt
     from pico.spec import Spec
 
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    from pico.io import iter_jsonl, text_problem
+
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not JSON: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            story = row.get("story", row.get("response"))
-            if not isinstance(story, str):
-                raise DataError(f"{where}: no \"story\" string")
-            try:
-                if isinstance(row.get("spec"), dict):
-                    spec = Spec.from_dict(row["spec"])
-                elif isinstance(row.get("prompt"), str):
-                    spec = parse_prompt(row["prompt"])
-                else:
-                    raise ValueError("no \"spec\" object and no \"prompt\" string")
-            except ValueError as e:
-                raise DataError(f"{where}: {e}") from None
-            rows.append((lineno, story, spec))
+    for lineno, row in iter_jsonl(path):  # not UTF-8, not JSON, not an object: file:line errors
+        where = f"{path}:{lineno}"
+        key = "story" if "story" in row else "response"
+        if key not in row:
+            raise DataError(f"{where}: no \"story\" string")
+        problem = text_problem(row[key]) if row[key] != "" else None  # an empty story is checked (and fails)
+        if problem:
+            raise DataError(f"{where}: \"{key}\" {problem}")
+        try:
+            if isinstance(row.get("spec"), dict):
+                spec = Spec.from_dict(row["spec"])
+            elif isinstance(row.get("prompt"), str):
+                spec = parse_prompt(row["prompt"])
+            else:
+                raise ValueError("no \"spec\" object and no \"prompt\" string")
+        except (ValueError, TypeError, KeyError) as e:
+            raise DataError(f"{where}: {e}") from None
+        rows.append((lineno, row[key], spec))
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
@@ -456,7 +515,10 @@ def cmd_check(args) -> int:
 
 # ----------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pico", description=__doc__.splitlines()[0])
+    from pico.stage import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(prog="pico", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error (or set PICO_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     add_play(sub)
     add_compare(sub)
@@ -467,17 +529,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one subcommand: exit 0, or 2 with one line naming the flag or file (130 on Ctrl-C, 1 for a bug in pico);
+    `--debug` or PICO_DEBUG=1 adds the traceback."""
+    from pico.errors import exit_status
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # usage errors are one line (OneLineArgumentParser); --help exits 0
+        return e.code if isinstance(e.code, int) else 2
     try:
         return int(args.func(args) or 0)
-    except PicoError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
     except BrokenPipeError:  # `pico ... | head`
         sys.stderr.close()
         return 0
+    except (Exception, KeyboardInterrupt) as e:
+        return exit_status(e, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ class EvaluateConfig(Section):
     batch_size: int = knob("rows per forward pass", "(0, 65536]")
     val_batches: int = knob("TinyStories val windows (x batch_size) for val loss and bits per byte", "(0, inf)")
     n_generations: int = knob("specs per split (the first n rows), the same for every checkpoint", "[0, inf)")
-    temperature: float = knob("sampling temperature (0 = greedy)", "[0, 100]")
+    temperature: float = knob("sampling temperature (0, or below 1e-6, = greedy)", "[0, 100]")
     top_p: float = knob("nucleus mass (1 = off)", "(0, 1]")
     top_k: int = knob("top-k (0 = off)", "[0, inf)")
     max_new_tokens: int = knob("story length cap in tokens", "(0, inf)")

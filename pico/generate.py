@@ -6,10 +6,12 @@ thread scheduling or on how many rows other splits have.
 
 from __future__ import annotations
 
+import queue
 import random
+import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable, Iterator, TypeVar
 
 from pico.checks import check_story, failed_checks
 from pico.config import SFT_SPLITS, SPLITS, UNSEEN, GenerateConfig
@@ -26,6 +28,8 @@ from pico.teacher import TeacherClient
 from pico.tinystories import summarize
 from pico.tokenizer import Tokenizer
 
+T = TypeVar("T")
+R = TypeVar("R")
 DATASETS = ("sft", "dpo")
 REFUSALS = ("i can't", "i cannot", "i'm sorry", "i am sorry", "as an ai", "i won't")
 
@@ -168,8 +172,8 @@ def generate_rows(cfg: GenerateConfig, client: TeacherClient | None = None, prog
         return teacher_row(client, d, spec, row_rng(cfg.seed, d, s, i), cfg.pair_difficulty,
                            cfg.teacher.max_attempts)
 
-    with ThreadPoolExecutor(max_workers=cfg.teacher.concurrency) as pool:
-        for (d, s, _, _), outcome in zip(jobs, pool.map(work, jobs)):  # map keeps spec order
+    try:
+        for (d, s, _, _), outcome in zip(jobs, map_in_threads(work, jobs, cfg.teacher.concurrency)):  # spec order
             out.regenerated += outcome.regenerated
             if outcome.row is None:
                 out.dropped[f"{d}/{s}/{outcome.dropped}"] += 1
@@ -177,7 +181,52 @@ def generate_rows(cfg: GenerateConfig, client: TeacherClient | None = None, prog
                 out.rows[(d, s)].append(outcome.row)
             if progress:
                 progress.update(1)
+    except BaseException:  # Ctrl-C or an error: end the requests in flight now; the cache keeps every answer
+        client.cancel()
+        raise
     return out
+
+
+def map_in_threads(fn: Callable[[T], R], items: list[T], workers: int) -> Iterator[R]:
+    """fn over items on `workers` daemon threads, results in input order; the first error is raised in order.
+
+    Unlike ThreadPoolExecutor, nothing joins the workers: when the caller stops (Ctrl-C, an error) the
+    remaining items are never started and a worker still stuck in a request cannot hold the process open.
+    """
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for index, item in enumerate(items):
+        todo.put((index, item))
+    done: dict[int, tuple[bool, object]] = {}
+    ready = threading.Condition()
+    stop = threading.Event()
+
+    def worker() -> None:
+        while not stop.is_set():
+            try:
+                index, item = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                result: tuple[bool, object] = (True, fn(item))
+            except BaseException as e:  # handed to the caller, who raises it
+                result = (False, e)
+            with ready:
+                done[index] = result
+                ready.notify_all()
+
+    for _ in range(min(workers, len(items))):
+        threading.Thread(target=worker, daemon=True, name="pico-teacher").start()
+    try:
+        for index in range(len(items)):
+            with ready:
+                while index not in done:
+                    ready.wait(0.5)  # a timed wait, so Ctrl-C reaches the main thread at once
+                ok, value = done.pop(index)
+            if not ok:
+                raise value  # type: ignore[misc]
+            yield value  # type: ignore[misc]
+    finally:
+        stop.set()
 
 
 def dataset_stats(rows: list[dict], tok: Tokenizer | None) -> dict:

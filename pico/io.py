@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -76,13 +77,18 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
+    """A JSON file; DataError naming the file (and line) when it is missing, not UTF-8 or not JSON."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_bytes().removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"{path}: invalid JSON: {type(e).__name__}") from None
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
@@ -92,14 +98,23 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
     return len(lines)
 
 
-def read_jsonl(path: str | Path, required: Iterable[str] = (), texts: Iterable[str] = ()) -> list[dict]:
-    """Read a JSONL file of objects. A malformed line, a row missing a `required` key, or a `texts` key that is
-    not a non-empty string raises DataError naming file:line."""
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _encodable(obj: Any) -> bool:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of every non-blank line of a JSONL file; DataError naming file:line for a line that is
+    not UTF-8, not JSON or not an object. A leading BOM (Windows editors) is skipped."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    required, texts = tuple(required), tuple(texts)
-    rows = []
     for lineno, raw in enumerate(path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n"), start=1):
         try:
             line = raw.decode("utf-8")
@@ -111,14 +126,39 @@ def read_jsonl(path: str | Path, required: Iterable[str] = (), texts: Iterable[s
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{lineno}: malformed JSON line: {e.msg}") from None
+        except (ValueError, RecursionError) as e:  # e.g. a 5000-digit number, or arrays nested 100000 deep
+            raise DataError(f"{path}:{lineno}: malformed JSON line: {type(e).__name__}") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        if _SURROGATE_ESCAPE.search(line) and not _encodable(row):  # a pair (an emoji) is fine, a lone half is not
+            raise DataError(f"{path}:{lineno}: holds a lone surrogate escape (\\ud800-\\udfff), which is not text")
+        yield lineno, row
+
+
+def text_problem(value: Any) -> str | None:
+    """Why a JSONL field cannot be used as text (None, a number, NaN, empty, a lone \\ud800 escape), or None."""
+    if not isinstance(value, str) or not value.strip():
+        return f"must be a non-empty string (got {value!r:.40})"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"holds a lone surrogate escape at character {e.start + 1} (\\ud800-\\udfff), not text"
+    return None
+
+
+def read_jsonl(path: str | Path, required: Iterable[str] = (), texts: Iterable[str] = ()) -> list[dict]:
+    """Read a JSONL file of objects. A malformed line, a row missing a `required` key, or a `texts` key that is
+    not a non-empty string (null, a number, NaN, "", a lone surrogate) raises DataError naming file:line."""
+    required, texts = tuple(required), tuple(texts)
+    rows = []
+    for lineno, row in iter_jsonl(path):
         missing = [k for k in required + texts if k not in row]
         if missing:
             raise DataError(f"{path}:{lineno}: missing key(s) {', '.join(missing)}")
         for key in texts:
-            if not isinstance(row[key], str) or not row[key].strip():
-                raise DataError(f"{path}:{lineno}: \"{key}\" must be a non-empty string (got {row[key]!r:.40})")
+            problem = text_problem(row[key])
+            if problem:
+                raise DataError(f"{path}:{lineno}: \"{key}\" {problem}")
         rows.append(row)
     if not rows:
         raise DataError(f"{path}: no rows")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pico.spec import Spec
+from pico.errors import ParamsError
+from pico.spec import FIELDS, VALUES, Spec
 from pico.tokenizer import Tokenizer
 
 PREAMBLE = "You are a creative writing assistant.\nWrite a short horror story that follows this story specification."
@@ -100,3 +101,34 @@ def encode_sft(tok: Tokenizer, prompt: str, response: str, max_len: int, truncat
 def encode_prompt(tok: Tokenizer, prompt: str) -> list[int]:
     """The ids a model is given to continue at generation time: exactly the prompt part of `encode_sft`."""
     return tok.encode(prompt)
+
+
+# ----------------------------------------------------------------------------------------------- lengths
+def longest_prompt_tokens(tok: Tokenizer) -> int:
+    """The longest prompt any spec of the value lists can make, in tokens: the prompt built from each field's
+    longest value (tokens do not cross the prompt's line breaks, so fields add up)."""
+    longest = {f: max(VALUES[f], key=lambda v: len(tok.encode(f" {v}"))) for f in FIELDS}
+    return len(encode_prompt(tok, build_prompt(Spec(**longest))))
+
+
+def longest_example_tokens(tok: Tokenizer, rows: list[dict]) -> tuple[int, int]:
+    """(longest prompt, longest prompt + response + EOS) over SFT rows ("response") or DPO pairs ("chosen" and
+    "rejected"), in tokens, encoded as `encode_responses` does."""
+    prompts = tok.encode_batch([r["prompt"] for r in rows])
+    answers = [[r[k] for k in ("response", "chosen", "rejected") if k in r] for r in rows]
+    lengths = tok.encode_batch([a for group in answers for a in group])
+    longest_prompt = longest_example = 0
+    at = 0
+    for prompt_ids, group in zip(prompts, answers):
+        response = max(len(ids) for ids in lengths[at : at + len(group)])
+        at += len(group)
+        longest_prompt = max(longest_prompt, len(prompt_ids))
+        longest_example = max(longest_example, len(prompt_ids) + response + 1)
+    return longest_prompt, longest_example
+
+
+def check_context(context: int, needed: int, what: str, key: str = "model.max_seq_len") -> None:
+    """ParamsError naming `key` when `needed` tokens (`what`) do not fit a context of `context` tokens."""
+    if needed > context:
+        raise ParamsError(key, f"is {context} tokens but {what} take up to {needed} tokens with this tokenizer; "
+                               f"raise {key} to at least {needed} (and sft.max_len, dpo.max_len with it)")

@@ -14,12 +14,16 @@ import torch.nn as nn
 from pico.data import stable_seed
 from pico.device import autocast_for
 
+# Below this temperature sampling is greedy: logits / temperature would overflow to inf (1e-40 does in fp32)
+# and softmax would give NaN; the limit of sampling as the temperature goes to 0 is the argmax anyway.
+GREEDY_BELOW = 1e-6
+
 
 @dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
     """How to sample; `evaluate` builds it from its params section, `pico play` from its flags."""
 
-    temperature: float  # 0 = greedy
+    temperature: float  # 0 (or anything below GREEDY_BELOW) = greedy
     top_k: int  # 0 = off
     top_p: float  # 1.0 = off
     max_new_tokens: int
@@ -42,7 +46,8 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = torch.softmax(sorted_logits, dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
-        drop_sorted = mass_before >= top_p  # the first token is always kept (mass_before = 0)
+        drop_sorted = mass_before >= top_p
+        drop_sorted[..., 0] = False  # the most likely token is always kept, even when top_p rounds to 0 in fp32
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -57,8 +62,8 @@ def banned_by_ngram(seq: list[int], n: int) -> set[int]:
 
 
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generators: list[torch.Generator]) -> torch.Tensor:
-    """One token per row from (B, V) logits; row i draws from generators[i]."""
-    if cfg.temperature == 0:
+    """One token per row from (B, V) logits; row i draws from generators[i]. Greedy below GREEDY_BELOW."""
+    if cfg.temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
     probs = torch.softmax(filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p), dim=-1).cpu()
     picks = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]

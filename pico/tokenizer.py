@@ -97,8 +97,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         if data["special_tokens"] != {EOT: len(ranks)}:
             raise ValueError("unexpected special tokens")
         return Tokenizer(data["pattern"], ranks, file_hash=hashlib.sha256(raw).hexdigest())
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{path}: cannot load tokenizer: {e}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # AttributeError: JSON that is not an object
+        raise DataError(f"{path}: cannot load tokenizer: {type(e).__name__}: {e}") from None
 
 
 def bytes_per_token(tok: Tokenizer, texts: list[str]) -> float:

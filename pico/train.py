@@ -30,6 +30,7 @@ from pico.device import (
     dist_info,
     init_distributed,
     is_main_process,
+    is_out_of_memory,
     precision_name,
     resolve_device,
     resolve_precision,
@@ -245,7 +246,13 @@ def train(model: nn.Module, cfg: TrainConfig, *, total_steps: int, get_batch: Ca
         for group in state.optimizer.param_groups:
             group["lr"] = lr
         micros = [get_batch(step * per_step + m * world + rank) for m in range(cfg.grad_accum)]
-        sums, n_items, grad_norm = train_step(model, micros, loss_fn, state, cfg, distributed)
+        try:
+            sums, n_items, grad_norm = train_step(model, micros, loss_fn, state, cfg, distributed)
+        except RuntimeError as e:  # what the batch-size estimate let through: still one line naming the knob
+            if not is_out_of_memory(e):
+                raise
+            raise TrainingError(f"{desc}: out of memory at step {step + 1} with {desc}.batch_size {cfg.batch_size}; "
+                                f"lower it (raise {desc}.grad_accum to keep the batch)") from None
         step = result.steps_done = step + 1
         if device.type == "cuda" and step % cfg.log_every == 0:
             torch.cuda.synchronize()

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from pico.checkpoint import load_checkpoint
 from pico.config import load_params
-from pico.device import is_main_process, resolve_device
+from pico.device import check_batch_fits, is_main_process, resolve_device
 from pico.io import read_jsonl, sha256_file
+from pico.prompt import check_context, longest_example_tokens
 from pico.recipes import write_trained
 from pico.recipes.finetune import dpo
 from pico.stage import run_stage, stage_args
@@ -23,11 +24,15 @@ def main(argv: list[str] | None = None) -> int:
     args = stage_args(__doc__, ["sft", "tokenizer", "train", "valid", "out", "reference-out", "metrics", "plots-dir"],
                       argv, resume="checkpoints/resume/dpo.pt")
     cfg = load_params(args.params).dpo
-    resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     started = time.perf_counter()
     tok = load_tokenizer(args.tokenizer)
     sft_ckpt = load_checkpoint(args.sft, tokenizer_hash=tok.hash)
+    model = sft_ckpt.model_cfg  # what is trained: the parent checkpoint's shape (chosen and rejected: two rows a pair)
+    check_batch_fits("dpo.batch_size", 2 * cfg.batch_size, cfg.max_len, model.d_model, model.n_layer, device)
     rows = [read_jsonl(path, texts=("prompt", "chosen", "rejected")) for path in (args.train, args.valid)]
+    longest = longest_example_tokens(tok, rows[0] + rows[1])[1]
+    check_context(model.max_seq_len, longest, "the DPO examples (prompt + story + end token)")
     inputs_id = tuple(sha256_file(path) for path in (args.sft, args.train, args.valid))
     trained = dpo(cfg, sft_ckpt, tok, *rows, reference_cache=Path(args.reference_out), inputs_id=inputs_id,
                           resume=Path(args.resume))

@@ -9,6 +9,7 @@ from pathlib import Path
 from pico.config import load_params
 from pico.errors import DataError
 from pico.generate import dataset_card, generate_metrics, generate_rows
+from pico.prompt import check_context, longest_example_tokens
 from pico.io import progress_bar, sha256_file, write_json, write_jsonl, write_text
 from pico.stage import run_stage, stage_args
 from pico.teacher import TeacherClient, api_key_from_env
@@ -20,7 +21,8 @@ CACHE_README = "Teacher LLM responses, one JSON file per request, keyed by the r
 
 def main(argv: list[str] | None = None) -> int:
     args = stage_args(__doc__, ["tokenizer", "out-dir", "cache-dir", "metrics"], argv)
-    cfg = load_params(args.params).generate
+    params = load_params(args.params)
+    cfg = params.generate
     client = None
     if cfg.provider == "openai":  # check the key before any work
         client = TeacherClient(cfg.teacher, args.cache_dir, api_key_from_env(os.environ, cfg.teacher), seed=cfg.seed)
@@ -28,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(cfg.sft_splits.values()) + sum(cfg.dpo_splits.values())
     with progress_bar(total=total, desc="generate", unit="row", leave=False) as bar:
         result = generate_rows(cfg, client, progress=bar)
+    if tok is not None:  # the examples must fit the model that trains on them, before anything is written
+        longest = longest_example_tokens(tok, [r for rows in result.rows.values() for r in rows])[1]
+        check_context(params.model.max_seq_len, longest, "the SFT/DPO examples (prompt + story + end token)")
     digests = {}
     for (dataset, split), rows in result.rows.items():
         path = Path(args.out_dir) / dataset / f"{split}.jsonl"

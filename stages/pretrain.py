@@ -8,7 +8,8 @@ from pathlib import Path
 
 from pico.config import load_params
 from pico.data import pack_tokens, save_tokens
-from pico.device import is_main_process, resolve_device
+from pico.device import check_batch_fits, is_main_process, resolve_device
+from pico.prompt import check_context, longest_prompt_tokens
 from pico.recipes import write_trained
 from pico.recipes.pretrain import pretrain
 from pico.stage import run_stage, stage_args
@@ -22,9 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     args = stage_args(__doc__, ["train", "val", "tokenizer", "tokens-dir", "out", "metrics", "plots-dir"], argv,
                       resume="checkpoints/resume/pretrain.pt")
     params = load_params(args.params)
-    resolve_device(params.pretrain.device)  # fail on an unavailable device before any work
+    device = resolve_device(params.pretrain.device)  # fail on an unavailable device before any work
+    cfg, model = params.pretrain, params.model
+    check_batch_fits("pretrain.batch_size", cfg.batch_size, cfg.seq_len or model.max_seq_len, model.d_model,
+                     model.n_layer, device)
     started = time.perf_counter()
     tok = load_tokenizer(args.tokenizer)
+    # before training a context that SFT, DPO and evaluate could not use: every prompt `generate` writes must fit
+    check_context(model.max_seq_len, longest_prompt_tokens(tok) + 1, "the prompts `generate` writes (+ 1 story token)")
     train_tokens, val_tokens = (pack_tokens(tok, read_prepared(path)) for path in (args.train, args.val))
     if is_main_process():
         save_tokens(Path(args.tokens_dir) / "train.bin", train_tokens)

@@ -236,7 +236,7 @@ def test_pico_check_prints_every_check_and_the_pass_rates(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("row, why", [
-    ("{not json", "not JSON"),
+    ("{not json", "malformed JSON line"),
     ('["a list"]', "expected a JSON object"),
     ({"spec": SPEC.to_dict()}, 'no "story" string'),
     ({"spec": {"title": "t", "protagonist": "Mina"}, "story": "x"}, "spec is missing field(s) setting, supporting"),

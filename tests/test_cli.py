@@ -120,3 +120,108 @@ def test_compare_two_checkpoints(capsys, tmp_path):
     assert sig["metric"] == "pass_all" and sig["significant"] and sig["lo"] > 0
     assert main(["compare", "base", "nope", "--metrics-file", str(path)]) == 2
     assert "no checkpoint 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--prompt", ""], "--prompt: is empty"),
+    (["--prompt", "\udcff"], "--prompt: is not valid UTF-8 text"),
+    (["--temperature", "nan"], "--temperature: must be a finite number (got nan)"),
+    (["--temperature", "inf"], "--temperature: must be a finite number (got inf)"),
+    (["--temperature", "-1"], "--temperature: must be in [0, 100] (got -1.0)"),
+    (["--top-p", "0"], "--top-p: must be in (0, 1] (got 0.0)"),
+    (["--top-p", "nan"], "--top-p: must be a finite number"),
+    (["--top-k", "-2"], "--top-k: must be in [0, inf) (got -2)"),
+    (["--seed", "-1"], "--seed: must be in [0, 4294967296) (got -1)"),
+    (["--batch-size", "0"], "--batch-size: must be in (0, 65536] (got 0)"),
+    (["--title", ""], "--title: must be one line of text"),
+    (["--taboo", "a\nb"], "--taboo: must be one line of text"),
+    (["--temperature", "hot"], "argument --temperature: invalid float value: 'hot'"),
+])
+def test_bad_play_flags_are_one_line_errors_naming_the_flag(capsys, tiny_checkpoint, args, message):
+    ckpt, tok_path = tiny_checkpoint
+    code, out, err = play(capsys, ckpt, tok_path, *args)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("flag,value", [("--temperature", "1e-40"), ("--top-p", "1e-300"), ("--temperature", "0")])
+def test_play_settings_that_would_underflow_are_greedy(capsys, tiny_checkpoint, flag, value):
+    ckpt, tok_path = tiny_checkpoint
+    code, greedy, _ = play(capsys, ckpt, tok_path, "--prompt", "Once upon a time", "--temperature", "0")
+    code2, out, err = play(capsys, ckpt, tok_path, "--prompt", "Once upon a time", "--temperature",
+                           "1e-40" if flag == "--temperature" else "1.0", flag, value)
+    assert code == code2 == 0, err
+    assert out == greedy
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "prompt file is empty"), (b"  \n", "prompt file is empty"), (b"\x00\x01binary", "looks binary"),
+    (b"\xff\xfeStory", "not UTF-8 text (byte 0)"),
+])
+def test_bad_prompt_files_are_one_line_errors_naming_the_file(capsys, tiny_checkpoint, tmp_path, content, message):
+    ckpt, tok_path = tiny_checkpoint
+    path = tmp_path / "prompt.txt"
+    path.write_bytes(content)
+    code, _, err = play(capsys, ckpt, tok_path, "--prompt-file", str(path))
+    assert code == 2 and err.startswith(f"error: {path}: ") and message in err, err
+
+
+@pytest.mark.parametrize("row,message", [
+    ('{"prompt": null}', '"prompt" must be a non-empty string (got None)'),
+    ('{"prompt": 42}', '"prompt" must be a non-empty string (got 42)'),
+    ('{"prompt": NaN}', '"prompt" must be a non-empty string (got nan)'),
+    ('{"prompt": ""}', '"prompt" must be a non-empty string'),
+    ('{"prompt": "\\ud800"}', "lone surrogate"),
+])
+def test_bad_jsonl_prompt_rows_name_file_and_line(capsys, tiny_checkpoint, tmp_path, row, message):
+    ckpt, tok_path = tiny_checkpoint
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "Story:\\n"}\n' + row + "\n")
+    code, _, err = play(capsys, ckpt, tok_path, "--prompt-file", str(path))
+    assert code == 2 and err.startswith(f"error: {path}:2: ") and message in err, err
+
+
+@pytest.mark.parametrize("content,message", [
+    ("[1, 2]", "expected {checkpoint: {metric: value}}, got a JSON list"),
+    ('{"base": 3, "dpo": {}}', "'base' must be an object of metrics (got a JSON int)"),
+    ("{", "invalid JSON"),
+])
+def test_compare_refuses_a_metrics_file_of_another_shape(capsys, tmp_path, content, message):
+    path = tmp_path / "evaluate.json"
+    path.write_text(content)
+    assert main(["compare", "base", "dpo", "--metrics-file", str(path), "--eval-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_debug_shows_the_traceback_and_the_default_does_not(capsys, tmp_path, monkeypatch):
+    path = tmp_path / "evaluate.json"
+    path.write_text("[1]")
+    args = ["compare", "base", "dpo", "--metrics-file", str(path)]
+    assert main(args) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert main(["--debug", *args]) == 2
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+    monkeypatch.setenv("PICO_DEBUG", "1")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_a_bug_is_one_line_exit_1_and_ctrl_c_exit_130(capsys, monkeypatch):
+    import pico.cli
+
+    def boom(args):
+        raise ZeroDivisionError("division by zero")
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pico.cli, "cmd_params", boom)
+    assert main(["params"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: internal error ZeroDivisionError: division by zero (a bug in pico")
+    assert len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(pico.cli, "cmd_params", interrupted)
+    assert main(["params"]) == 130
+    assert capsys.readouterr().err.startswith("error: interrupted")

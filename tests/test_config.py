@@ -116,7 +116,7 @@ def test_duplicate_keys_and_bad_bytes_are_refused(tmp_path):
     path = tmp_path / "params.yaml"
     text = (REPO / "params.yaml").read_text()
     path.write_text(text.replace("dpo:\n  seed: 1337\n", "dpo:\n  seed: 1337\n  beta: 0.5\n"))
-    with pytest.raises(ParamsError, match=r"beta: given twice in one mapping \(line \d+\)"):
+    with pytest.raises(ParamsError, match=r"params: dpo.beta: given twice \(line \d+ of "):
         load_params(path)
     path.write_bytes(b"prepare:\n  source: \xff\xfe\n")
     with pytest.raises(ParamsError, match="not UTF-8"):

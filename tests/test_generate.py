@@ -214,7 +214,8 @@ def test_teacher_faults_are_retried_and_counted(teacher, tmp_path):
     assert sum(len(r) for r in out.rows.values()) == sum(SMALL_SFT.values()) + sum(SMALL.values())
     retried = {k: v for k, v in client.stats.items() if k.startswith("retried/")}
     assert retried["retried/http_429"] == 1 and retried["retried/http_500"] == 2
-    assert retried["retried/malformed"] == 1 and retried["retried/connection"] == 2  # dropped + timed out
+    assert retried["retried/malformed"] == 1 and retried["retried/connection"] == 1  # dropped
+    assert retried["retried/timeout"] == 1  # slow: past timeout_s
     keys = [json.dumps(b, sort_keys=True) for b in server.requests]
     answered = len(keys) - sum(retried.values())
     cached = list((tmp_path / "cache").rglob("*.json"))
@@ -316,3 +317,14 @@ def test_stage_with_teacher_never_writes_the_key(teacher, tmp_path):
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("key,kind", [("sk-live-abc\ndef-123", "a line break"), ("sk-live-abc-é-123", "a non-ASCII")])
+def test_stage_with_a_key_that_cannot_be_sent_fails_in_one_line_without_it(tmp_path, key, kind):
+    params = {"generate": {"provider": "openai", "sft_splits": SMALL_SFT, "dpo_splits": SMALL,
+                           "teacher": {"api_key_env": "PICO_TEST_BAD_KEY"}}}
+    proc = run_stage(tmp_path, params, env={"PICO_TEST_BAD_KEY": key})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: the API key in PICO_TEST_BAD_KEY") and kind in proc.stderr
+    assert "sk-live" not in proc.stderr and "123" not in proc.stderr
+    assert not (tmp_path / "data").exists()

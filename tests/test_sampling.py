@@ -125,3 +125,18 @@ def test_no_repeat_ngram_guard_in_generation():
     seq = [1, 2, 3] + out
     bigrams = list(zip(seq, seq[1:]))
     assert len(bigrams) == len(set(bigrams))
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=1e-40), dict(temperature=5e-324), dict(temperature=1e-7),
+                                      dict(temperature=1.0, top_p=1e-300), dict(temperature=1e-40, top_p=1e-300)])
+def test_settings_that_would_underflow_sample_greedily(settings):
+    """logits / 1e-40 overflows to inf in fp32 and top_p 1e-300 rounds to 0: both are the greedy limit, not NaN."""
+    model = tiny()
+    prompts = [[1, 2, 3], [5, 6, 7, 8]]
+    greedy = sample(model, prompts, sampling(temperature=0, max_new_tokens=12), eos_id=V - 1)
+    assert sample(model, prompts, sampling(max_new_tokens=12, **settings), eos_id=V - 1) == greedy
+
+
+def test_top_p_always_keeps_the_most_likely_token():
+    logits = torch.tensor([[1.0, 3.0, 2.0]])
+    assert torch.isfinite(filter_logits(logits, top_p=1e-300))[0].tolist() == [False, True, False]

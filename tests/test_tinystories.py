@@ -80,3 +80,12 @@ def test_summarize():
     s = summarize([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
     assert s["min"] == 1 and s["max"] == 10 and s["p50"] == 5.5 and s["mean"] == 5.5
     assert s["p90"] == pytest.approx(9.1)
+
+
+def test_a_bom_at_the_start_of_a_shard_is_not_part_of_the_first_story(tmp_path):
+    from pico.tinystories import Shard, read_shards
+
+    path = tmp_path / "train.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + f"{STORY}\n{EOT}\n{STORY}\n".encode())
+    first = read_shards([Shard(path, "train")])["train"][0]
+    assert not first.startswith("\ufeff") and first.strip() == STORY
