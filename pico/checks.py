@@ -428,7 +428,7 @@ def ending_problems(story: Story) -> list[str]:
     return problems
 
 
-def fluency_problems(story: Story) -> list[str]:
+def fluency_problems(story: Story, spec: Spec) -> list[str]:
     from pico.fluency import case_anomalies, default_model
 
     n_words = len(words(story.text))
@@ -436,7 +436,7 @@ def fluency_problems(story: Story) -> list[str]:
         return [f"too short for a story ({n_words} words, {len(story.sentences)} sentences)"]
     model = default_model()
     problems = []
-    per_paragraph = model.paragraph_stats(story.text)
+    per_paragraph = model.paragraph_stats(story.text, known_names=(spec.protagonist, spec.supporting))
     pmis = [v for para, _ in per_paragraph for v in para]
     score = sum(pmis) / len(pmis)
     if score < MIN_STORY_FLUENCY:
@@ -596,7 +596,7 @@ def explain_story(text: str, spec: Spec) -> dict[str, list[str]]:
         "taboo_present": stated_problems("taboo", taboo),
         "twist_present": stated_problems("twist", twist),
         "unsettling_ending": ending_problems(story),
-        "fluent": fluency_problems(story),
+        "fluent": fluency_problems(story, spec),
         "coherent_order": order_problems(story, spec, sw, taboo, twist),
         "no_repetition": repetition_problems(story),
         "not_restated": restatement_problems(story, sw),

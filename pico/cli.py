@@ -362,7 +362,9 @@ def _by_checkpoint(flat: dict) -> dict[str, dict]:
     """{"dpo.pass_all": x} -> {"dpo": {"pass_all": x}}, checkpoints in pipeline order, metrics sorted."""
     out: dict[str, dict] = {}
     for key in sorted(flat):
-        ckpt, _, name = key.partition(".")
+        ckpt, dot, name = key.partition(".")
+        if not dot:
+            continue  # a run-level value ("precision"), not a checkpoint's metric
         out.setdefault(ckpt, {})[name] = flat[key]
     order = {"base": 0, "sft": 1, "dpo": 2}
     return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], 3), kv[0])))

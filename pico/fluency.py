@@ -69,7 +69,7 @@ def _names(paragraph_tokens: list[list[str]], vocab: frozenset[str]) -> set[str]
     return names
 
 
-def word_class(tok: str, initial: bool, vocab: frozenset[str], names: set[str]) -> str:
+def word_class(tok: str, initial: bool, vocab: frozenset[str], names: set[str], known_names: frozenset[str] = frozenset()) -> str:
     c = tok[0]
     if c in ".!?":
         return c
@@ -79,6 +79,8 @@ def word_class(tok: str, initial: bool, vocab: frozenset[str], names: set[str]) 
         return '"'
     if c.isdigit():
         return "<num>"
+    if tok in known_names:
+        return "<Name>"  # 'Old Pete' is a name even though 'old' is a frequent word
     low = tok.lower()
     if low in vocab:
         return low
@@ -114,15 +116,17 @@ def case_anomalies(paragraph: str) -> tuple[int, int]:
     return n, bad
 
 
-def class_sequences(text: str, vocab: frozenset[str]) -> list[list[str]]:
-    """One class sequence per paragraph (a line), framed by <p> and </p>."""
+def class_sequences(text: str, vocab: frozenset[str], known_names: Iterable[str] = ()) -> list[list[str]]:
+    """One class sequence per paragraph (a line), framed by <p> and </p>. `known_names` (the spec's characters)
+    are names wherever they stand, also where a word of theirs is a frequent word."""
+    known = frozenset(t for name in known_names for t in tokens(name) if t[0].isupper())
     paragraph_tokens = [tokens(p) for p in text.split("\n") if p.strip()]
     names = _names(paragraph_tokens, vocab)
     out = []
     for toks in paragraph_tokens:
         seq, initial = ["<p>"], True
         for t in toks:
-            seq.append(word_class(t, initial, vocab, names))
+            seq.append(word_class(t, initial, vocab, names, known))
             initial = _ends_sentence(t, initial)
         seq.append("</p>")
         out.append(seq)
@@ -156,11 +160,11 @@ class ClassBigramModel:
         p = max(self.bigram.get((prev, cls), 0) - DISCOUNT, 0) / n_ctx + backoff * pu
         return math.log2(p / pu)
 
-    def paragraph_stats(self, text: str) -> list[tuple[list[float], float]]:
+    def paragraph_stats(self, text: str, known_names: Iterable[str] = ()) -> list[tuple[list[float], float]]:
         """Per paragraph: the PMI of every class bigram, and the share of its class bigrams the reference text never
         showed (twice), high for word salad. Names are found over the whole text."""
         out = []
-        for seq in class_sequences(text, self.vocab):
+        for seq in class_sequences(text, self.vocab, known_names):
             pairs = list(zip(seq, seq[1:]))
             unseen = sum(p not in self.bigram for p in pairs) / len(pairs) if pairs else 0.0
             out.append(([self.pmi(a, b) for a, b in pairs], unseen))

@@ -171,9 +171,13 @@ def train_step(model: nn.Module, micros: list[Batch], loss_fn: LossFn, state: Tr
                distributed: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """One optimizer step over this rank's micro-batches: (summed stats, items of the global step, grad norm)."""
     world = dist_info()[1]
-    n_items = torch.tensor(float(sum(b["n_items"] for b in micros)), device=state.device)
+    # items weight the loss; tokens are counted over all ranks (their batches differ in length)
+    counts = torch.tensor([float(sum(b["n_items"] for b in micros)), float(sum(b.get("tokens", 0) for b in micros))],
+                          device=state.device, dtype=torch.float64)
     if distributed:
-        dist.all_reduce(n_items)
+        dist.all_reduce(counts)
+    n_items = counts[0].float()
+    state.result.tokens_seen += int(counts[1])
     sums: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(micros):
         batch = to_device(batch, state.device)
@@ -184,7 +188,6 @@ def train_step(model: nn.Module, micros: list[Batch], loss_fn: LossFn, state: Tr
             (loss_sum * (world / n_items)).backward()
         for k, v in {"loss": loss_sum, **stats}.items():
             sums[k] = sums.get(k, 0.0) + v.detach().float()
-        state.result.tokens_seen += int(batch.get("tokens", 0)) * world
     grad_norm = (torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0
                  else torch.zeros((), device=state.device))
     state.optimizer.step()

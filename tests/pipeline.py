@@ -14,7 +14,8 @@ from conftest import REPO, tinystories_dir
 
 BIN = Path(sys.executable).parent
 
-# Tiny params: every stage runs for real, in seconds.
+# Tiny params: every stage runs for real, in seconds. fp32 everywhere, so the numbers the tests compare are the
+# same on every CPU (precision auto would pick bf16 only where the CPU has it; tests/test_precision.py covers bf16).
 TINY_PARAMS = {
     "prepare": {"max_stories": 400, "max_val_stories": 60},
     "tokenizer": {"vocab_size": 1024},
@@ -22,12 +23,13 @@ TINY_PARAMS = {
                  "dpo_splits": {"train": 24, "valid": 8, "test": 8}},
     "model": {"d_model": 32, "n_layer": 2, "n_head": 2, "max_seq_len": 640},
     "pretrain": {"max_steps": 60, "batch_size": 4, "seq_len": 64, "eval_every": 30, "save_every": 30, "lr": 0.01,
-                 "eval_batches": 2, "warmup_steps": 2, "device": "cpu"},
+                 "eval_batches": 2, "warmup_steps": 2, "device": "cpu", "precision": "fp32"},
     "sft": {"max_len": 640, "max_steps": 6, "batch_size": 4, "eval_every": 3, "save_every": 3, "warmup_steps": 1,
-            "device": "cpu"},
+            "device": "cpu", "precision": "fp32"},
     "dpo": {"max_len": 640, "max_steps": 6, "batch_size": 2, "eval_every": 3, "save_every": 3, "warmup_steps": 1,
-            "device": "cpu"},
-    "evaluate": {"n_generations": 8, "max_new_tokens": 40, "val_batches": 2, "batch_size": 8, "device": "cpu"},
+            "device": "cpu", "precision": "fp32"},
+    "evaluate": {"n_generations": 8, "max_new_tokens": 40, "val_batches": 2, "batch_size": 8, "device": "cpu",
+                 "precision": "fp32"},
     "bundle": {"dpi": 60},
 }
 

@@ -84,7 +84,7 @@ def test_bundle_is_complete_and_renders_offline(built, tmp_path):
 
     repo, _ = built
     results = repo / "results"
-    for rel in ["README.md", "report.html", "figures/summary.png", "figures/checkpoint_bars.png",
+    for rel in ["README.md", "report.html", "figures/headline.png", "figures/summary.png", "figures/checkpoint_bars.png",
                 "figures/training_curves.png", "figures/check_pass_rates.png", "tables/checkpoint_metrics.csv",
                 "tables/checkpoint_metrics.md", "samples/generations.md", "run_snapshot/params.yaml",
                 "run_snapshot/dvc.lock", "run_snapshot/experiment_config.yaml", "run_snapshot/metrics/evaluate.json",
@@ -102,7 +102,7 @@ def test_bundle_is_complete_and_renders_offline(built, tmp_path):
     samples = (results / "samples/generations.md").read_text()
     assert samples.count("### base") == samples.count("### dpo") >= 1
     ok, total = images_ok(dump_dom(results / "report.html"))
-    assert total == 4 and ok == total
+    assert total == 5 and ok == total
     png = screenshot(results / "report.html", tmp_path / "shot.png")
     from PIL import Image
 
