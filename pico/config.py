@@ -67,10 +67,17 @@ class ModelConfig(Section):
     dropout: float = knob("dropout while training", "[0, 1)")
     k: int = knob("tokens the kgram_mlp sees", "[1, 1024]")
     mlp_ratio: int = knob("MLP hidden width / d_model", "[1, 64]")
+    pos_encoding: Literal["learned", "rope"] = knob("transformer positions: learned table or rotary (RoPE)")
+    copy_head: bool = knob("transformer: pointer-generator copy head, can point at context tokens (GPT docstring)")
+    copy_dim: int = knob("copy head: width of its queries and keys", "[1, 4096]")
+    copy_value_key: bool = knob("copy head: a slot's key also sees the token it would copy (copying can stop)")
+    copy_min_gap: int = knob("copy head: points only at tokens at least this far back (a loop guard)", "[1, 4096]")
 
     def validate(self) -> None:
         if self.type == "transformer":
             self.require(self.d_model % self.n_head == 0, "n_head", f"must divide model.d_model ({self.d_model})")
+            rope_even = self.pos_encoding != "rope" or (self.d_model // self.n_head) % 2 == 0
+            self.require(rope_even, "pos_encoding", "rope needs an even head size (d_model / n_head)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,6 +109,7 @@ class PretrainConfig(TrainConfig):
     max_steps: int = knob("optimizer steps", "(0, inf)")
     seq_len: int = knob("training window (0 = model.max_seq_len)", "[0, inf)")
     eval_batches: int = knob("val batches per evaluation", "(0, inf)")
+    copy_share: float = knob("share of each batch's rows that teach copying (pico/copy_rows.py); 0 = off", "[0, 1]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,7 +188,7 @@ class EvaluateConfig(Section):
     top_p: float = knob("nucleus mass (1 = off)", "(0, 1]")
     top_k: int = knob("top-k (0 = off)", "[0, inf)")
     max_new_tokens: int = knob("story length cap in tokens", "(0, inf)")
-    no_repeat_ngram: int = knob("forbid repeating any n-gram of this size (0 = off)", "[0, inf)")
+    no_repeat_ngram: int = knob("forbid repeating an n-gram of the generated text, not the prompt (0 = off)", "[0, inf)")
     seed: int = knob("sampling seed", SEED)
 
     def validate(self) -> None:

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from pico.checks import CHECKS, check_story, failed_checks, text_stats
 from pico.config import EvaluateConfig
+from pico.copying import field_copy_metrics, induction_nll
 from pico.finetune import Pair, sft_batch
 from pico.losses import lm_loss
 from pico.prompt import Encoded, encode_prompt
@@ -129,6 +130,9 @@ class EvalData:
     val_batches: list[dict]
     gen_rows: dict[str, list[dict]]  # per SFT split: rows whose specs are generated for
     judge: StyleJudge
+    induction: torch.Tensor  # (n, 2L) shuffled validation windows, each repeated once (pico/copying.py)
+    copy_rows: list[dict]  # SFT references of unseen specs, for field copying under teacher forcing
+    context: int  # tokens every evaluated model takes
 
     @property
     def n_tokens(self) -> torch.Tensor:
@@ -161,6 +165,8 @@ def evaluate_checkpoint(name: str, model: nn.Module, data: EvalData, cfg: Evalua
                            for split, encoded in data.sft_tests.items()}
     m.update(preference_accuracy(logps, data.n_tokens))
     m.update(lm_metrics(model, batches=data.val_batches, device=device, dtype=dtype))
+    m.update(induction_nll(model, data.induction, dtype))
+    m.update(field_copy_metrics(model, data.tok, data.copy_rows, data.context, batch_size=cfg.batch_size, dtype=dtype))
     records, summaries = {}, {}
     for split, rows in data.gen_rows.items():
         prefix = split_prefix(split)

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from pico.device import autocast_for, dist_info
-from pico.losses import sequence_logps
+from pico.losses import model_token_logps
 from pico.prompt import Encoded, encode_responses, encode_sft
 from pico.tokenizer import Tokenizer
 
@@ -195,7 +195,7 @@ def pair_logps(model: nn.Module, pairs: list[Pair], batch_size: int, device: tor
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = collate([pairs[i].chosen for i in idx] + [pairs[i].rejected for i in idx])
-            logits = model(batch["input_ids"].to(device))
-            logps = sequence_logps(logits, batch["targets"].to(device), batch["loss_mask"].to(device)).float().cpu()
+            token = model_token_logps(model, batch["input_ids"].to(device), batch["targets"].to(device))
+            logps = (token * batch["loss_mask"].to(device)).sum(dim=1).float().cpu()
             out[idx, 0], out[idx, 1] = logps[: len(idx)], logps[len(idx) :]
     return out

@@ -124,15 +124,18 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------- output layer + NLL
 def _chunked_head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                       row_scale: torch.Tensor | None, with_grad: bool, chunk_logits: int,
-                      compute_dtype: torch.dtype = torch.float32):
-    """Σ s_i · −log softmax(h_i Wᵀ)[t_i] over rows in chunks, and each row's NLL; with `with_grad`, also d/dh
-    and d/dW of the sum.
+                      compute_dtype: torch.dtype = torch.float32, mix: tuple | None = None):
+    """Σ s_i · −log p_i(t_i) over rows in chunks, and each row's NLL; with `with_grad`, also the gradients of the
+    sum w.r.t. hidden and weight (and the mixture terms).
 
-    The gradient of the sum w.r.t. a chunk's logits is s_i · (softmax − onehot): it needs nothing but the
-    chunk, so it is formed in place in the chunk's logits and multiplied out at once (Liger-Kernel's fused
-    linear cross-entropy does the same on GPUs). hidden (N, d), weight (V, d), targets (N,), row_scale (N,).
-    With `compute_dtype` bf16 the products run in bf16 (each operand converted once); log-softmax, the loss,
-    the sums and the weight gradient's accumulation stay fp32.
+    p_i = softmax(h_i Wᵀ), or with `mix` = (log_g, log_c), each (N,), the copy head's mixture
+    p_i(t) = g_i · softmax(h_i Wᵀ)[t] + c_i, log c_i the copy mass on the target (`GPT.copy_terms`).
+    With r_i = g_i · softmax[t_i] / p_i (the vocabulary side's share of the target's probability), the gradient
+    w.r.t. a chunk's logits is s_i · r_i · (softmax − onehot): it needs nothing but the chunk, so it is formed in
+    place in the chunk's logits and multiplied out at once (Liger-Kernel's fused linear cross-entropy does the
+    same on GPUs); d/dlog_g = −s·r and d/dlog_c = −s·(1 − r). hidden (N, d), weight (V, d), targets (N,),
+    row_scale (N,). With `compute_dtype` bf16 the products run in bf16 (each operand converted once);
+    log-softmax, the loss, the sums and the weight gradient's accumulation stay fp32.
     """
     N, V = hidden.shape[0], weight.shape[0]
     bf16 = compute_dtype != torch.float32
@@ -141,6 +144,8 @@ def _chunked_head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
     row_nll = torch.empty(N, dtype=torch.float32, device=hidden.device)
     grad_h = torch.empty(hidden.shape, dtype=compute_dtype if bf16 else hidden.dtype) if with_grad else None
     grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grad else None
+    grad_mix = (torch.empty(N, dtype=torch.float32, device=hidden.device),
+                torch.empty(N, dtype=torch.float32, device=hidden.device)) if with_grad and mix is not None else None
     hidden_dtype = hidden.dtype
     if bf16:
         hidden, w = hidden.to(compute_dtype), weight.to(compute_dtype)
@@ -158,16 +163,22 @@ def _chunked_head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
         zmax = z.amax(dim=1, keepdim=True)
         z.sub_(zmax).exp_()
         sumexp = z.sum(dim=1, keepdim=True)
-        nll = (zmax + sumexp.log()).squeeze(1) - target_logit
+        nll = (zmax + sumexp.log()).squeeze(1) - target_logit  # −log softmax[t]
+        share = None
+        if mix is not None:
+            log_vocab = mix[0][s : s + chunk] - nll  # log g + log softmax[t]
+            log_p = torch.logaddexp(log_vocab, mix[1][s : s + chunk])
+            share, nll = (log_vocab - log_p).exp(), -log_p
         row_nll[s : s + chunk] = nll
         total += nll.sum() if r is None else (nll * r).sum()
         if with_grad:
-            scale = sumexp.reciprocal_()
-            if r is not None:
-                scale.mul_(r.unsqueeze(1))
-            z.mul_(scale)  # s · softmax
-            minus_r = -r if r is not None else torch.full_like(nll, -1.0)
-            z.scatter_add_(1, t.unsqueeze(1), minus_r.unsqueeze(1))  # s · (softmax − onehot)
+            scale = torch.ones_like(nll) if r is None else r  # (n,) upstream weight of each row
+            if share is not None:
+                grad_mix[0][s : s + chunk] = -scale * share
+                grad_mix[1][s : s + chunk] = -scale * (1 - share)
+                scale = scale * share
+            z.mul_(sumexp.reciprocal_().mul_(scale.unsqueeze(1)))  # s · r · softmax
+            z.scatter_add_(1, t.unsqueeze(1), -scale.unsqueeze(1))  # s · r · (softmax − onehot)
             if bf16:
                 g = z.to(compute_dtype)
                 torch.mm(g, w, out=grad_h[s : s + chunk])
@@ -177,46 +188,55 @@ def _chunked_head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
                 grad_w.addmm_(z.t(), h)
     if with_grad and bf16:
         grad_h = grad_h.to(hidden_dtype)
-    return total, row_nll, grad_h, grad_w
+    return total, row_nll, grad_h, grad_w, grad_mix
 
 
 class _HeadNLL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, row_scale, chunk_logits, compute_dtype):
-        total, row_nll, grad_h, grad_w = _chunked_head_nll(hidden, weight, targets, row_scale, True, chunk_logits,
-                                                           compute_dtype)
-        ctx.save_for_backward(grad_h, grad_w)
+    def forward(ctx, hidden, weight, targets, row_scale, chunk_logits, compute_dtype, log_g, log_c):
+        mix = (log_g.detach(), log_c.detach()) if log_g is not None else None
+        total, row_nll, grad_h, grad_w, grad_mix = _chunked_head_nll(hidden, weight, targets, row_scale, True,
+                                                                     chunk_logits, compute_dtype, mix)
+        ctx.save_for_backward(grad_h, grad_w, *(grad_mix or ()))
         ctx.mark_non_differentiable(row_nll)
         return total, row_nll
 
     @staticmethod
     def backward(ctx, grad_total, _grad_row_nll):
-        grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_total, grad_w * grad_total, None, None, None, None
+        grad_h, grad_w, *grad_mix = ctx.saved_tensors
+        grad_g, grad_c = (g * grad_total for g in grad_mix) if grad_mix else (None, None)
+        return grad_h * grad_total, grad_w * grad_total, None, None, None, None, grad_g, grad_c
 
 
 def head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None,
-             chunk_logits: int = HEAD_CHUNK_LOGITS,
-             compute_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+             chunk_logits: int = HEAD_CHUNK_LOGITS, compute_dtype: torch.dtype = torch.float32,
+             copy_terms: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ mask · NLL of `hidden @ weight.T`, every token's NLL detached, 0 where the mask is 0), in row chunks.
 
     hidden (B, T, d), weight (V, d), targets and mask (B, T). Rows the mask leaves out (SFT's prompt tokens,
     padding) are skipped; with autograd on, the gradient is formed in the same pass. `compute_dtype` bf16: the
-    products in bf16 (autocast's choice for linear layers), log-softmax and sums in fp32.
+    products in bf16 (autocast's choice for linear layers), log-softmax and sums in fp32. `copy_terms`
+    (log_g, log_c), each (B, T): the NLL of the copy head's mixture instead (`_chunked_head_nll`).
     """
     shape = targets.shape
     hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    log_g, log_c = (t.reshape(-1).float() for t in copy_terms) if copy_terms is not None else (None, None)
     row_scale = rows = None
     if mask is not None:
         rows = mask.reshape(-1).nonzero().squeeze(1)
         row_scale = mask.reshape(-1)[rows].to(torch.float32)
         hidden, targets = hidden.index_select(0, rows), targets[rows]
+        if log_g is not None:
+            log_g, log_c = log_g.index_select(0, rows), log_c.index_select(0, rows)
+    needs_grad = hidden.requires_grad or weight.requires_grad or (log_g is not None and log_g.requires_grad)
     with torch.autocast(hidden.device.type, enabled=False):  # the dtypes here are chosen above, not by autocast
-        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-            loss, row_nll = _HeadNLL.apply(hidden, weight, targets, row_scale, chunk_logits, compute_dtype)
+        if torch.is_grad_enabled() and needs_grad:
+            loss, row_nll = _HeadNLL.apply(hidden, weight, targets, row_scale, chunk_logits, compute_dtype,
+                                           log_g, log_c)
         else:
+            mix = (log_g, log_c) if log_g is not None else None
             loss, row_nll = _chunked_head_nll(hidden, weight, targets, row_scale, False, chunk_logits,
-                                              compute_dtype)[:2]
+                                              compute_dtype, mix)[:2]
     if rows is not None:
         row_nll = torch.zeros(shape.numel(), dtype=row_nll.dtype, device=row_nll.device).index_copy_(0, rows, row_nll)
     return loss, row_nll.view(shape)

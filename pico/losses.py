@@ -43,20 +43,37 @@ def sequence_logps(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tens
     return (token_logps(logits, targets) * mask).sum(dim=1)
 
 
-def head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-             mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None,
+             copy_terms: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`masked_nll(hidden @ weight.T, targets, mask)` and every token's NLL (detached, 0 where masked out).
 
-    The output layer and the loss together, so the CPU kernel never holds all (tokens x vocab) logits.
+    The output layer and the loss together, so the CPU kernel never holds all (tokens x vocab) logits. With
+    `copy_terms` (`GPT.copy_terms`), the NLL of the copy head's mixture g · softmax(hidden @ weight.T) + copy.
     """
     if kernels.fast_cpu(hidden, weight):
-        return kernels.head_nll(hidden, weight, targets, mask)
+        return kernels.head_nll(hidden, weight, targets, mask, copy_terms=copy_terms)
     if hidden.device.type == "cpu" and torch.is_autocast_enabled("cpu"):  # bf16 products, fp32 softmax and sums
-        return kernels.head_nll(hidden, weight, targets, mask, compute_dtype=torch.get_autocast_dtype("cpu"))
-    nll = -token_logps(F.linear(hidden, weight), targets)
-    if mask is not None:
-        nll = nll * mask
+        return kernels.head_nll(hidden, weight, targets, mask, compute_dtype=torch.get_autocast_dtype("cpu"),
+                                copy_terms=copy_terms)
+    logp = token_logps(F.linear(hidden, weight), targets)
+    if copy_terms is not None:
+        logp = torch.logaddexp(copy_terms[0] + logp, copy_terms[1])
+    nll = -logp if mask is None else -logp * mask
     return nll.sum(), nll.detach()
+
+
+def model_token_logps(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at every position under `model`, differentiable: (B, T) -> (B, T), in fp32.
+
+    With a copy head: the mixture's log-prob, the vocabulary side from the logits and the copy side gathered
+    (`GPT.copy_terms`), so no (B, T, V) tensor beyond the logits themselves.
+    """
+    base = unwrap(model)
+    if getattr(base, "copy", None) is None:
+        return token_logps(model(input_ids), targets)
+    hidden = model(input_ids, return_hidden=True)
+    log_g, log_c = base.copy_terms(input_ids, hidden, targets)
+    return torch.logaddexp(log_g + token_logps(base.head(hidden), targets), log_c)
 
 
 def dpo_loss(
@@ -100,7 +117,9 @@ def lm_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torc
     loss_mask leaves out) and their byte count.
     """
     hidden = model(batch["input_ids"], return_hidden=True)
-    loss, nll = head_nll(hidden, unwrap(model).head.weight, batch["targets"], batch.get("loss_mask"))
+    base = unwrap(model)
+    copy = base.copy_terms(batch["input_ids"], hidden, batch["targets"]) if getattr(base, "copy", None) else None
+    loss, nll = head_nll(hidden, base.head.weight, batch["targets"], batch.get("loss_mask"), copy_terms=copy)
     if "target_bytes" not in batch:
         return loss, {}
     nbytes = batch["target_bytes"]
@@ -115,8 +134,7 @@ def dpo_batch_loss(model: nn.Module, batch: dict, *, beta: float, label_smoothin
     `n_tokens` (B, 2) gives the per-token averages IPO uses.
     Stats use TRL's names and are sums over pairs; the loop turns them into means.
     """
-    logits = model(batch["input_ids"])
-    logps = sequence_logps(logits, batch["targets"], batch["loss_mask"])
+    logps = (model_token_logps(model, batch["input_ids"], batch["targets"]) * batch["loss_mask"]).sum(dim=1)
     policy_chosen, policy_rejected = logps.chunk(2)
     ref_chosen, ref_rejected = batch["ref_chosen"], batch["ref_rejected"]
     if loss_type == "ipo":  # per-token averages (see dpo_loss)

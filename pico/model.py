@@ -27,10 +27,35 @@ class KVCache:
     key_valid: torch.Tensor  # (B, Tmax) bool: False for left padding
     next_pos: torch.Tensor  # (B,) position id of the next token of each row
     length: int = 0  # filled slots
+    copy: CopyCache | None = None  # the copy head's slots, when the model has one
 
     @property
     def capacity(self) -> int:
         return self.k.shape[3]
+
+
+@dataclass
+class CopyCache:
+    """What the copy head keeps between decoding calls, one slot per position like the KV cache."""
+
+    k: torch.Tensor  # (B, Tmax, dc) key of every slot, built from what preceded the slot's token
+    ids: torch.Tensor  # (B, Tmax) the token of every slot: what pointing at the slot copies
+    key_valid: torch.Tensor  # (B, Tmax) bool: the slot and the one before it are real tokens (not padding)
+    next_k: torch.Tensor  # (B, dc) the part of the next slot's key built from the last token seen
+    next_valid: torch.Tensor  # (B,) bool: the last token seen was real
+
+
+def rope_tables(head_size: int, max_len: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, (max_len, head_size / 2) each (Su et al., 2021)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x_i, x_{i + hs/2}) by their position's angle. x (B, nh, T, hs); cos, sin (B|1, 1, T, hs/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
 class CausalSelfAttention(nn.Module):
@@ -41,10 +66,13 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             start = cache.length
             cache.k[self.layer, :, :, start : start + T] = k
@@ -79,24 +107,89 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model, bias=False)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cache=None, mask=None):
-        x = x + self.attn(self.ln1(x), cache, mask)
+    def forward(self, x, cache=None, mask=None, rope=None):
+        x = x + self.attn(self.ln1(x), cache, mask, rope)
         return x + self.mlp(self.ln2(x))
 
 
+NO_COPY = -1e4  # log-mass of the copy side where no earlier token equals the target (finite: no NaN gradients)
+
+
+class CopyHead(nn.Module):
+    """Pointer-generator copy head (See et al., 2017) with a sentinel in place of a separate gate (Merity et al.,
+    2016). At position t one small attention scores the sentinel and every earlier slot j:
+
+        s_t0 = w · h_t + b                                              the vocabulary side
+        s_tj = q(h_t) · k_j / sqrt(dc),  k_j = k_h(h_{j-1}) + k_e(wte(x_{j-1}))   "x_j followed what I see now"
+                                         [+ k_v(wte(x_j)) with copy_value_key]  "and x_j is worth copying"
+               for j <= t + 1 - copy_min_gap
+        a_t  = softmax(s_t)
+        p(y | x_<=t) = a_t0 · softmax(head(h_t))[y] + sum_{j: x_j = y} a_tj
+
+    h is the final (ln_f) hidden state. Slot 0 has nothing before it and is never pointed at.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, dc = cfg.d_model, cfg.copy_dim
+        self.q = nn.Linear(d, dc, bias=False)
+        self.k_hidden = nn.Linear(d, dc, bias=False)
+        self.k_embed = nn.Linear(d, dc, bias=False)
+        self.k_value = nn.Linear(d, dc, bias=False) if cfg.copy_value_key else None
+        self.sentinel = nn.Linear(d, 1, bias=True)
+
+    def keys(self, hidden: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """States at positions j-1, (B, T, d) each -> keys of slots j, (B, T, dc), before `value_keys`."""
+        return self.k_hidden(hidden) + self.k_embed(emb)
+
+    def value_keys(self, keys: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Add what slot j would copy, x_j's embedding (B, T, d), to its keys (B, T, dc) (`copy_value_key`)."""
+        return keys if self.k_value is None else keys + self.k_value(emb)
+
+    def scores(self, hidden: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sentinel (B, Tq), slot scores (B, Tq, Tk)) in fp32."""
+        q = self.q(hidden)
+        slots = ((q @ keys.transpose(1, 2)) / math.sqrt(q.shape[-1])).float()
+        return self.sentinel(hidden).squeeze(-1).float(), slots
+
+    def log_terms(self, hidden: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor, match: torch.Tensor):
+        """log a_t0 and log sum_{j: match} a_tj, (B, Tq) each, by two masked logsumexps (no (B, Tq, Tk) log-softmax)."""
+        sentinel, scores = self.scores(hidden, keys)
+        lse = torch.logaddexp(sentinel, scores.masked_fill(~key_mask, NO_COPY).logsumexp(dim=-1))
+        return sentinel - lse, scores.masked_fill(~match, NO_COPY).logsumexp(dim=-1) - lse
+
+    def log_weights(self, hidden: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """log a (B, Tq, 1 + Tk): column 0 the sentinel (the vocabulary side), column 1 + i slot i of `keys`."""
+        sentinel, scores = self.scores(hidden, keys)
+        scores = scores.masked_fill(~key_mask, float("-inf"))  # the sentinel keeps every row finite
+        return torch.log_softmax(torch.cat([sentinel.unsqueeze(-1), scores], dim=-1), dim=-1)
+
+
 class GPT(nn.Module):
+    """Decoder-only transformer (GPT-2 shape, pre-LN, tied embeddings). Options: rotary positions in place of
+    learned ones (`pos_encoding: rope`), and a copy head (`copy_head`) that lets it point at context tokens.
+
+    `forward` returns logits, or with the copy head the log-probs of the mixture: either way their softmax is
+    the next-token distribution, so sampling and log-prob code need not ask which it has.
+    """
+
     supports_left_padding = True
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
         self.wte = nn.Embedding(vocab_size, cfg.d_model)
-        self.wpe = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        self.wpe = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.pos_encoding == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=False)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.head.weight = self.wte.weight  # weight tying
+        self.copy = CopyHead(cfg) if cfg.copy_head else None
+        if cfg.pos_encoding == "rope":
+            cos, sin = rope_tables(cfg.d_model // cfg.n_head, cfg.max_seq_len)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (Tmax, hs/2); rebuilt, not saved
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(_init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # GPT-2: scale residual projections by depth
@@ -104,38 +197,44 @@ class GPT(nn.Module):
 
     def new_cache(self, batch_size: int, capacity: int, device=None, dtype=None) -> KVCache:
         p = self.wte.weight
+        device, dtype = device or p.device, dtype or p.dtype
         hs = self.cfg.d_model // self.cfg.n_head
         shape = (self.cfg.n_layer, batch_size, self.cfg.n_head, capacity, hs)
-        return KVCache(
-            k=torch.zeros(shape, device=device or p.device, dtype=dtype or p.dtype),
-            v=torch.zeros(shape, device=device or p.device, dtype=dtype or p.dtype),
-            key_valid=torch.zeros(batch_size, capacity, dtype=torch.bool, device=device or p.device),
-            next_pos=torch.zeros(batch_size, dtype=torch.long, device=device or p.device),
-        )
+        copy = None
+        if self.copy is not None:
+            dc = self.cfg.copy_dim
+            copy = CopyCache(k=torch.zeros(batch_size, capacity, dc, device=device, dtype=dtype),
+                             ids=torch.zeros(batch_size, capacity, dtype=torch.long, device=device),
+                             key_valid=torch.zeros(batch_size, capacity, dtype=torch.bool, device=device),
+                             next_k=torch.zeros(batch_size, dc, device=device, dtype=dtype),
+                             next_valid=torch.zeros(batch_size, dtype=torch.bool, device=device))
+        return KVCache(k=torch.zeros(shape, device=device, dtype=dtype), v=torch.zeros(shape, device=device, dtype=dtype),
+                       key_valid=torch.zeros(batch_size, capacity, dtype=torch.bool, device=device),
+                       next_pos=torch.zeros(batch_size, dtype=torch.long, device=device), copy=copy)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None, valid: torch.Tensor | None = None,
                 last_only: bool = False, return_hidden: bool = False) -> torch.Tensor:
-        """idx (B, T) -> logits (B, T, V), or (B, 1, V) with `last_only`.
+        """idx (B, T) -> logits (B, T, V) (mixture log-probs with the copy head), or (B, 1, V) with `last_only`.
 
-        `return_hidden` returns the final hidden states (B, T, d) instead of logits, for a loss that applies
-        `self.head` itself (`losses.head_nll`, which need never hold all logits at once).
+        `return_hidden` returns the final hidden states (B, T, d) instead, for a loss that applies `self.head`
+        itself (`losses.head_nll`, which need never hold all logits at once) and `copy_terms`.
 
         With a cache, idx holds the next T tokens of every row; `valid` (B, T) marks left padding on the
         first call. Without a cache this is the plain causal forward used in training.
         """
         B, T = idx.shape
         mask = None
+        start = cache.length if cache is not None else 0
         if cache is None:
             if T > self.cfg.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens exceeds the context of {self.cfg.max_seq_len}")
-            pos = torch.arange(T, device=idx.device).unsqueeze(0)
+            pos = torch.arange(T, device=idx.device).unsqueeze(0)  # (1, T)
         else:
-            start = cache.length
             if start + T > min(cache.capacity, self.cfg.max_seq_len):
                 raise ValueError(f"cache holds {start} tokens, {T} more exceed the context of "
                                  f"{min(cache.capacity, self.cfg.max_seq_len)}")
             valid = torch.ones(B, T, dtype=torch.bool, device=idx.device) if valid is None else valid
-            pos = cache.next_pos.unsqueeze(1) + valid.long().cumsum(1) - 1  # pads share the next position
+            pos = cache.next_pos.unsqueeze(1) + valid.long().cumsum(1) - 1  # (B, T); pads share the next position
             pos = pos.clamp(min=0)
             cache.next_pos += valid.long().sum(1)
             cache.key_valid[:, start : start + T] = valid
@@ -144,15 +243,69 @@ class GPT(nn.Module):
             mask = causal.unsqueeze(0) & keys.unsqueeze(1)  # (B, T, Tk)
             mask[:, torch.arange(T), start + torch.arange(T)] = True  # a pad query attends to itself: no NaN
             mask = mask.unsqueeze(1)  # (B, 1, T, Tk)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        emb = self.wte(idx)  # (B, T, d)
+        rope = None
+        if self.wpe is not None:
+            x = self.drop(emb + self.wpe(pos))
+        else:
+            x = self.drop(emb)
+            rope = (self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1))  # (B|1, 1, T, hs/2) each
         for block in self.blocks:
-            x = block(x, cache, mask)
+            x = block(x, cache, mask, rope)
+        x = self.ln_f(x)
+        if self.copy is not None and cache is not None:
+            copy_slots = self._cached_copy_slots(idx, x, emb, valid, cache)  # before cache.length moves on
         if cache is not None:
             cache.length += T
-        x = self.ln_f(x)
+        if return_hidden:
+            return x[:, -1:, :] if last_only else x
+        if self.copy is None:
+            return self.head(x[:, -1:, :] if last_only else x)
+        keys, ids, key_mask = copy_slots if cache is not None else self._copy_slots(idx, x, emb)
         if last_only:
-            x = x[:, -1:, :]
-        return x if return_hidden else self.head(x)
+            x, key_mask = x[:, -1:, :], key_mask[:, -1:, :]
+        log_a = self.copy.log_weights(x, keys, key_mask)  # (B, Tq, 1 + Tk)
+        log_vocab = torch.log_softmax(self.head(x).float(), dim=-1) + log_a[..., :1]  # (B, Tq, V)
+        p_copy = torch.zeros_like(log_vocab).scatter_add_(  # copy mass gathered per vocabulary id
+            -1, ids.unsqueeze(1).expand(-1, x.shape[1], -1), log_a[..., 1:].exp())
+        return torch.logaddexp(log_vocab, p_copy.clamp_min(torch.finfo(p_copy.dtype).tiny).log())  # no log(0)
+
+    def _copy_slots(self, idx: torch.Tensor, hidden: torch.Tensor, emb: torch.Tensor):
+        """Copy keys, ids and mask for the plain causal forward: slots 1..T-1 (slot 0 has no predecessor).
+
+        -> keys (B, T-1, dc), ids (B, T-1), key_mask (1, T, T-1): query t (predicting token t + 1) sees slot
+        j = i + 1 when j <= t + 1 - copy_min_gap.
+        """
+        T = idx.shape[1]
+        keys = self.copy.value_keys(self.copy.keys(hidden[:, :-1], emb[:, :-1]), emb[:, 1:])
+        key_mask = torch.ones(T, T - 1, dtype=torch.bool, device=idx.device).tril(diagonal=-self.cfg.copy_min_gap)
+        return keys, idx[:, 1:], key_mask.unsqueeze(0)
+
+    def _cached_copy_slots(self, idx, hidden, emb, valid, cache: KVCache):
+        """Write the new slots' copy keys into the cache; -> keys (B, Tk, dc), ids (B, Tk), key_mask (B, T, Tk)."""
+        c, start, T = cache.copy, cache.length, idx.shape[1]
+        new_k = torch.cat([c.next_k.unsqueeze(1), self.copy.keys(hidden[:, :-1], emb[:, :-1])], dim=1)  # (B, T, dc)
+        prev_valid = torch.cat([c.next_valid.unsqueeze(1), valid[:, :-1]], dim=1)  # (B, T)
+        c.k[:, start : start + T] = self.copy.value_keys(new_k, emb)
+        c.ids[:, start : start + T] = idx
+        c.key_valid[:, start : start + T] = valid & prev_valid
+        c.next_k = self.copy.keys(hidden[:, -1:], emb[:, -1:]).squeeze(1)
+        c.next_valid = valid[:, -1].clone()
+        causal = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start + 1 - self.cfg.copy_min_gap)
+        key_mask = causal.unsqueeze(0) & c.key_valid[:, None, : start + T]  # (B, T, Tk)
+        return c.k[:, : start + T], c.ids[:, : start + T], key_mask
+
+    def copy_terms(self, idx: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor):
+        """The two halves of the copy mixture at every position, without any (B, T, V) tensor:
+        log a_t0 (the vocabulary side's weight) and log sum_{j <= t, x_j = y_t} a_tj (NO_COPY where no earlier
+        token equals the target). idx, targets (B, T); hidden (B, T, d) from `forward(idx, return_hidden=True)`.
+        """
+        if idx.shape[1] == 1:  # nothing before the only token: all mass on the vocabulary side
+            zeros = hidden.new_zeros(idx.shape, dtype=torch.float32)
+            return zeros, zeros + NO_COPY
+        keys, ids, key_mask = self._copy_slots(idx, hidden, self.wte(idx))
+        match = (ids.unsqueeze(1) == targets.unsqueeze(2)) & key_mask  # (B, T, T-1)
+        return self.copy.log_terms(hidden, keys, key_mask, match)
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -27,7 +27,7 @@ class SamplingConfig:
     top_k: int  # 0 = off
     top_p: float  # 1.0 = off
     max_new_tokens: int
-    no_repeat_ngram: int  # forbid repeating any n-gram of this size; 0 = off
+    no_repeat_ngram: int  # forbid repeating an n-gram of the generated text (not the prompt); 0 = off
     seed: int
 
     @classmethod
@@ -127,7 +127,7 @@ def _generate_batch(model, prompts, cfg, eos_id, gens, use_cache, device) -> lis
         if cfg.no_repeat_ngram:
             logits = logits.clone()
             for r in range(B):
-                banned = banned_by_ngram(seqs[r], cfg.no_repeat_ngram)
+                banned = banned_by_ngram(new[r], cfg.no_repeat_ngram)  # generated text only: copying the prompt is allowed
                 if banned:
                     logits[r, list(banned)] = float("-inf")
         nxt = sample_next(logits, cfg, gens)

@@ -59,7 +59,12 @@ def test_context_limit_is_enforced():
 
 
 def test_weight_tying_and_param_count():
-    model = build_model(config("model", d_model=32, n_layer=2, n_head=2, max_seq_len=16), V)
+    model = build_model(config("model", d_model=32, n_layer=2, n_head=2, max_seq_len=16, pos_encoding="learned",
+                               copy_head=False), V)
     assert model.head.weight is model.wte.weight
     per_block = 4 * 32 * 32 + 2 * 4 * 32 * 32 + 2 * 32  # attn qkv+proj, mlp, two norms
     assert count_params(model) == V * 32 + 16 * 32 + 2 * per_block + 32
+    rope_copy = build_model(config("model", d_model=32, n_layer=2, n_head=2, max_seq_len=16, pos_encoding="rope",
+                                   copy_head=True, copy_dim=8, copy_value_key=True), V)
+    copy_head = 4 * 32 * 8 + 32 + 1  # q, k_hidden, k_embed, k_value; the sentinel's weight and bias
+    assert count_params(rope_copy) == V * 32 + 2 * per_block + 32 + copy_head  # no position table

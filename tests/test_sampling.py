@@ -122,9 +122,15 @@ def test_no_repeat_ngram_guard_in_generation():
     model = tiny()
     cfg = sampling(temperature=0, max_new_tokens=40, no_repeat_ngram=2)
     out = sample(model, [[1, 2, 3]], cfg, eos_id=V - 1)[0]
-    seq = [1, 2, 3] + out
-    bigrams = list(zip(seq, seq[1:]))
+    bigrams = list(zip(out, out[1:]))  # the generated text never repeats itself; copying the prompt is allowed
     assert len(bigrams) == len(set(bigrams))
+
+
+def test_no_repeat_ngram_lets_the_generation_copy_its_prompt():
+    from pico.sampling import banned_by_ngram
+
+    assert banned_by_ngram([5, 6], 2) == set()  # the guard sees the generated ids only, never the prompt
+    assert banned_by_ngram([5, 6, 7, 5], 2) == {6}
 
 
 @pytest.mark.parametrize("settings", [dict(temperature=1e-40), dict(temperature=5e-324), dict(temperature=1e-7),

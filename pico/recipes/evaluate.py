@@ -9,7 +9,8 @@ import numpy as np
 
 from pico.checker_fixtures import checker_accuracy, load_checker_fixtures
 from pico.checkpoint import Checkpoint
-from pico.config import EvaluateConfig
+from pico.config import UNSEEN, EvaluateConfig
+from pico.copying import induction_batch
 from pico.data import TokenWindows, token_byte_lengths
 from pico.device import precision_name, resolve_device, resolve_precision
 from pico.errors import DataError
@@ -55,7 +56,8 @@ def evaluate(cfg: EvaluateConfig, checkpoints: dict[str, Checkpoint], tok: Token
     val_batches = TokenWindows(val_tokens, min(context, len(val_tokens) - 1), cfg.batch_size, cfg.seed,
                                token_byte_lengths(tok)).eval_batches(cfg.val_batches)
     judge = StyleJudge(seed=cfg.seed).fit([r["chosen"] for r in dpo_train], [r["rejected"] for r in dpo_train])
-    data = EvalData(tok, sft_encoded, dpo_pairs, val_batches, gen_rows, judge)
+    data = EvalData(tok, sft_encoded, dpo_pairs, val_batches, gen_rows, judge, induction_batch(val_tokens, length=min(60, context // 2)),
+                    sft_tests.get(UNSEEN, []), context)
     logps = {name: pair_logps(c.model, dpo_pairs, cfg.batch_size, device, dtype) for name, c in checkpoints.items()}
     by_digest = {c.digest: name for name, c in checkpoints.items() if c.digest}
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from pico.config import ModelConfig, PretrainConfig
+from pico.copy_rows import CopyRows
 from pico.data import TokenWindows, token_byte_lengths, unigram_loss
 from pico.device import resolve_device, resolve_precision
 from pico.losses import lm_loss
@@ -33,7 +34,10 @@ def pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, tok: Tokenizer, train_
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg, tok.vocab_size)
     run_id = fingerprint("pretrain", asdict(cfg), asdict(model_cfg), tok.hash, hashlib.sha256(train_tokens).hexdigest())
-    result = train(model, cfg, total_steps=cfg.max_steps, get_batch=train_windows.train_batch, loss_fn=lm_loss,
+    get_batch = train_windows.train_batch
+    if cfg.copy_share > 0:
+        get_batch = CopyRows(train_windows, tok, cfg.copy_share, cfg.seed).train_batch
+    result = train(model, cfg, total_steps=cfg.max_steps, get_batch=get_batch, loss_fn=lm_loss,
                    evaluate=evaluate, resume_path=resume, fingerprint=run_id, desc="pretrain")
     final = evaluate(model)
     train_batches = TokenWindows(train_tokens, seq_len, cfg.batch_size, cfg.seed).eval_batches(cfg.eval_batches)

@@ -1,0 +1,101 @@
+"""Copy rows: a share of every pretraining batch that teaches copying from context, shaped like the task.
+
+Following a spec means writing the spec's own words into the story. Natural text rarely asks a small model to
+copy, so at pico's budget it never learns to (issue 19; `pico/copying.py` measures it). A `copy_share` of the
+rows of every pretraining micro-batch is one of two kinds, alternating:
+
+- keywords: a TinyStories story under a header of 3-5 "Label: span" lines whose spans (1-7 words) are taken
+  from the story itself, in shuffled order: a header lists phrases the text will use, each once, as a
+  spec lists the fields a story must use. The story stays fluent TinyStories text.
+- pairs: shuffled 16-64-token segments of the stream, each written twice in a row, then EOT (dense induction
+  rows, the shape of the induction test). No segment appears a third time, so nothing teaches loops.
+
+Rows are pure functions of (seed, micro-batch index), like the windows they replace: resume and DDP need no
+state. Measured in RESEARCH.md (runs p2, p3, p5): keywords + pairs gave the best induction at the same
+bits per byte; keywords alone or with single far repeats did worse.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from pico.data import TokenWindows, stable_seed
+from pico.tokenizer import Tokenizer
+
+LABELS = ("Word", "Name", "Phrase", "Thing", "Place", "Rule", "Detail", "Line", "Item", "Feature", "Key", "Clue")
+STORY_POOL = 3000  # stories of the stream turned into keyword rows
+MIN_STORY_TOKENS = 40
+
+
+def stories_in(tokens: np.ndarray, eot_id: int, limit: int) -> list[np.ndarray]:
+    """Up to `limit` stories of a packed stream (the ids between two EOTs), the very short ones left out."""
+    ends = np.flatnonzero(tokens == eot_id)[: limit + 1]
+    return [tokens[a + 1 : b] for a, b in zip(ends[:-1], ends[1:]) if b - a > MIN_STORY_TOKENS]
+
+
+def keyword_example(story: str, rng: random.Random) -> str:
+    """The story under a header of spans cut from it: 'Label: span' lines in shuffled order, then 'Story:'."""
+    words = story.split()
+    spans: list[str] = []
+    used: set[int] = set()
+    want = rng.randint(3, 5)
+    for _ in range(20):
+        if len(spans) == want or len(words) < 12:
+            break
+        n = rng.choice((1, 1, 2, 3, 4, 5, 6, 7))
+        i = rng.randrange(1, max(2, len(words) - n))  # not the first word: the same leading space as in the header
+        if used & set(range(i - 1, i + n + 1)):
+            continue  # spans do not touch
+        span = " ".join(words[i : i + n]).strip(".,!?\";:'")
+        if span:
+            used |= set(range(i, i + n))
+            spans.append(span)
+    labels = rng.sample(LABELS, len(spans))
+    order = list(range(len(spans)))
+    rng.shuffle(order)
+    header = "\n".join(f"{labels[j]}: {spans[j]}" for j in order)
+    return f"{header}\n\nStory:\n{story}"
+
+
+class CopyRows:
+    """Pretraining batches of `windows` with `share` of their rows replaced by copy rows (keywords, pairs)."""
+
+    def __init__(self, windows: TokenWindows, tok: Tokenizer, share: float, seed: int):
+        self.windows, self.share, self.seed, self.eot = windows, share, seed, tok.eot_id
+        self.width = windows.seq_len + 1
+        rng = random.Random(f"{seed}/keywords")
+        stories = stories_in(windows.tokens.numpy(), tok.eot_id, STORY_POOL)
+        self.keyword_rows = [tok.encode(keyword_example(tok.decode(s.tolist()), rng)) + [tok.eot_id] for s in stories]
+
+    def _keywords(self, rng: random.Random) -> torch.Tensor:
+        ids: list[int] = []
+        while len(ids) < self.width:
+            ids += self.keyword_rows[rng.randrange(len(self.keyword_rows))]
+        return torch.tensor(ids[: self.width])
+
+    def _pairs(self, rng: random.Random) -> torch.Tensor:
+        tokens, parts, n = self.windows.tokens, [], 0
+        g = torch.Generator().manual_seed(rng.randrange(1 << 30))
+        while n < self.width:
+            length = rng.randint(16, 64)
+            src = rng.randrange(0, len(tokens) - length)
+            segment = tokens[src : src + length][torch.randperm(length, generator=g)]
+            parts += [segment, segment, torch.tensor([self.eot])]
+            n += 2 * length + 1
+        return torch.cat(parts)[: self.width]
+
+    def train_batch(self, k: int) -> dict:
+        batch = self.windows.train_batch(k)
+        n = int(round(self.share * batch["input_ids"].shape[0]))
+        if n == 0:
+            return batch
+        rng = random.Random(stable_seed(self.seed, k, 7))
+        for r in range(n):
+            row = self._keywords(rng) if (r % 2 == 0 and self.keyword_rows) else self._pairs(rng)
+            batch["input_ids"][r], batch["targets"][r] = row[:-1], row[1:]
+        if self.windows.token_bytes is not None:
+            batch["target_bytes"] = self.windows.token_bytes[batch["targets"]]
+        return batch

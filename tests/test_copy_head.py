@@ -1,0 +1,189 @@
+"""The copy head (pointer-generator mixture) and rotary positions: one mixture everywhere.
+
+Training loss (`lm_loss`, fused chunked path), DPO/eval log-probs (`model_token_logps`), full-forward
+log-probs and KV-cached decoding must all describe the same distribution.
+"""
+
+import math
+
+import pytest
+import torch
+
+from conftest import config
+from pico.losses import head_nll, lm_loss, masked_nll, model_token_logps, token_logps
+from pico.model import build_model
+from pico.sampling import SamplingConfig, sample
+
+V = 53
+
+
+def _cfg(**kw):
+    base = dict(type="transformer", d_model=32, n_layer=2, n_head=2, max_seq_len=64, pos_encoding="rope",
+                copy_head=True, copy_dim=16, copy_value_key=False, copy_min_gap=1, dropout=0.0)
+    return config("model", **{**base, **kw})
+
+
+def _model(seed=0, **kw):
+    torch.manual_seed(seed)
+    model = build_model(_cfg(**kw), V).eval()
+    with torch.no_grad():  # random, not near-uniform, copy attention and gate
+        for p in (model.copy.parameters() if model.copy is not None else []):
+            p.normal_(0.0, 0.5)
+    return model
+
+
+def dense_mixture_logps(model, idx, gap=1):
+    """Reference: every piece written out densely. (B, T) -> (B, T, V) log p of the mixture."""
+    hidden = model(idx, return_hidden=True)  # (B, T, d)
+    emb = model.wte(idx)
+    B, T, _ = hidden.shape
+    out = torch.empty(B, T, V)
+    for b in range(B):
+        for t in range(T):
+            h = hidden[b, t]
+            scores = [model.copy.sentinel(h).squeeze()]
+            for j in range(1, t + 2 - gap):
+                k = model.copy.keys(hidden[b, j - 1 : j], emb[b, j - 1 : j])[0]
+                if model.copy.k_value is not None:
+                    k = k + model.copy.k_value(emb[b, j])
+                scores.append(model.copy.q(h) @ k / math.sqrt(k.shape[-1]))
+            a = torch.softmax(torch.stack(scores), 0)
+            p = a[0] * torch.softmax(model.head(h), -1)
+            for j in range(1, t + 2 - gap):
+                p[idx[b, j]] += a[j]
+            out[b, t] = p.log()
+    return out
+
+
+@pytest.mark.parametrize("gap,value", [(1, False), (4, False), (4, True)])
+def test_forward_is_the_dense_mixture(gap, value):
+    model = _model(copy_min_gap=gap, copy_value_key=value)
+    idx = torch.randint(0, V, (2, 12))
+    got = model(idx)
+    assert torch.allclose(got.exp().sum(-1), torch.ones(2, 12), atol=1e-5)  # a distribution
+    assert torch.allclose(got, dense_mixture_logps(model, idx, gap), atol=1e-4)
+
+
+@pytest.mark.parametrize("gap,value", [(1, False), (5, True)])
+def test_loss_from_the_mixture_equals_dense_reference_with_gradients(gap, value):
+    model = _model(copy_min_gap=gap, copy_value_key=value)
+    model.train()
+    idx, targets = torch.randint(0, V, (2, 12)), torch.randint(0, V, (2, 12))
+    targets[:, 6:] = idx[:, 3:9]  # make some targets copyable
+    mask = (torch.rand(2, 12) > 0.3).float()
+    batch = {"input_ids": idx, "targets": targets, "loss_mask": mask}
+
+    loss, _ = lm_loss(model, batch)  # fused chunked path (CPU fp32)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    ref = masked_nll(model(idx), targets, mask)  # log_softmax of mixture log-probs is the identity
+    ref_grads = torch.autograd.grad(ref, list(model.parameters()))
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert (g - r).abs().max() <= 1e-5 * r.abs().max() + 1e-6  # float rounding of large gradients
+    dense = -(dense_mixture_logps(model, idx, gap).gather(-1, targets.unsqueeze(-1)).squeeze(-1) * mask).sum()
+    assert loss.item() == pytest.approx(dense.item(), rel=1e-4)
+
+
+def test_token_logps_paths_agree():
+    model = _model()
+    idx, targets = torch.randint(0, V, (3, 10)), torch.randint(0, V, (3, 10))
+    gathered = model_token_logps(model, idx, targets)  # the DPO / eval path
+    full = token_logps(model(idx), targets)
+    assert torch.allclose(gathered, full, atol=1e-5)
+    hidden = model(idx, return_hidden=True)
+    _, nll = head_nll(hidden, model.head.weight, targets, copy_terms=model.copy_terms(idx, hidden, targets))
+    assert torch.allclose(-nll, full, atol=1e-5)
+
+
+def test_gate_fixed_to_vocabulary_equals_plain_model():
+    model = _model()
+    plain = build_model(_cfg(copy_head=False), V).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("copy.")})
+    with torch.no_grad():
+        model.copy.sentinel.weight.zero_()
+        model.copy.sentinel.bias.fill_(1e4)  # a_0 = 1: all mass on the vocabulary side
+    idx, targets = torch.randint(0, V, (2, 16)), torch.randint(0, V, (2, 16))
+    assert torch.allclose(model(idx), torch.log_softmax(plain(idx), -1), atol=1e-5)
+    batch = {"input_ids": idx, "targets": targets}
+    assert lm_loss(model, batch)[0].item() == pytest.approx(lm_loss(plain, batch)[0].item(), rel=1e-6)
+
+
+def test_head_forced_to_copy_reproduces_the_context():
+    """Keys from the previous token's embedding, query = current token's: position t points at the slot after the
+    earlier occurrence of x_t, so the second half of a repeated random sequence is predicted exactly."""
+    d = 32
+    model = _model(copy_dim=d)
+    with torch.no_grad():
+        model.copy.k_hidden.weight.zero_()  # keys from the previous token's embedding only
+        for blk in model.blocks:  # blocks add nothing: the final hidden state is ln_f(embedding of x_t)
+            blk.attn.proj.weight.zero_()
+            blk.mlp.proj.weight.zero_()
+        model.wte.weight.normal_(0.0, 1.0)  # random directions in 32 dims: x_t . x_t >> x_t . x_j
+        model.ln_f.weight.fill_(1.0)
+        model.copy.q.weight.copy_(torch.eye(d) * 30)
+        model.copy.k_embed.weight.copy_(torch.eye(d))
+        model.copy.sentinel.weight.zero_()
+        model.copy.sentinel.bias.fill_(-30.0)  # no vocabulary side
+    seq = torch.randperm(V)[:20]
+    idx = torch.cat([seq, seq]).unsqueeze(0)  # (1, 40), no token repeats within a copy
+    logp = model(idx)[0]  # (40, V)
+    pred = logp[20:39].argmax(-1)
+    assert torch.equal(pred, idx[0, 21:40])
+    nll = -logp[20:39].gather(-1, idx[0, 21:40].unsqueeze(-1)).mean()
+    assert nll.item() < 0.05
+
+
+@pytest.mark.parametrize("gap,value", [(1, False), (3, True)])
+def test_kv_cached_decoding_equals_full_forward_with_left_padding(gap, value):
+    model = _model(copy_min_gap=gap, copy_value_key=value)
+    a, b = torch.randint(0, V, (1, 10)), torch.randint(0, V, (1, 6))
+    b[0, 3:] = b[0, :3]
+    pad = torch.zeros(1, 4, dtype=torch.long)
+    batch = torch.cat([a, torch.cat([pad, b], dim=1)])
+    valid = torch.ones(2, 10, dtype=torch.bool)
+    valid[1, :4] = False
+    cache = model.new_cache(2, 32)
+    out = model(batch, cache=cache, valid=valid)
+    assert torch.allclose(out[0], model(a)[0], atol=1e-5)
+    assert torch.allclose(out[1, 4:], model(b)[0], atol=1e-5)
+    seq_a, seq_b = a, b
+    for _ in range(5):
+        nxt = torch.randint(0, V, (2, 1))
+        step = model(nxt, cache=cache)
+        seq_a, seq_b = torch.cat([seq_a, nxt[:1]], 1), torch.cat([seq_b, nxt[1:]], 1)
+        assert torch.allclose(step[0, 0], model(seq_a)[0, -1], atol=1e-5)
+        assert torch.allclose(step[1, 0], model(seq_b)[0, -1], atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature,gap,value", [(0.0, 1, False), (0.8, 1, False), (0.8, 4, True)])
+def test_cached_sampling_equals_uncached(temperature, gap, value):
+    model = _model(copy_min_gap=gap, copy_value_key=value)
+    prompts = [torch.randint(0, V, (n,)).tolist() for n in (5, 9, 7)]
+    cfg = SamplingConfig(temperature=temperature, top_k=0, top_p=0.95, max_new_tokens=12, no_repeat_ngram=0, seed=3)
+    cached = sample(model, prompts, cfg, eos_id=V - 1, use_cache=True)
+    uncached = sample(model, prompts, cfg, eos_id=V - 1, use_cache=False)
+    assert cached == uncached
+
+
+def test_bf16_loss_of_the_mixture_matches_fp32():
+    model = _model(copy_min_gap=2, copy_value_key=True)
+    idx, targets = torch.randint(0, V, (2, 12)), torch.randint(0, V, (2, 12))
+    targets[:, 6:] = idx[:, 3:9]
+    batch = {"input_ids": idx, "targets": targets}
+    fp32 = lm_loss(model, batch)[0].item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = lm_loss(model, batch)[0].item()
+    assert bf16 == pytest.approx(fp32, rel=0.03)
+
+
+def test_rope_model_is_causal_and_cache_consistent():
+    model = _model(copy_head=False)
+    idx = torch.randint(0, V, (2, 16))
+    full = model(idx)
+    changed = idx.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % V
+    assert torch.allclose(model(changed)[:, :10], full[:, :10], atol=1e-5)
+    cache = model.new_cache(2, 32)
+    steps = [model(idx[:, :9], cache=cache)] + [model(idx[:, t : t + 1], cache=cache) for t in range(9, 16)]
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+    assert not any(k.startswith("wpe") for k in model.state_dict())  # no learned positions, no saved tables
