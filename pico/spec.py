@@ -169,7 +169,6 @@ def sample_specs(n: int, seed: int, values: Values = VALUES) -> list[Spec]:
         rng = random.Random(seed)
         out = []
         for index in rng.sample(range(limit), n):
-            values = {}
             drawn = {}
             for f in reversed(FIELDS):
                 index, i = divmod(index, len(values[f]))

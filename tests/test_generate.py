@@ -328,3 +328,11 @@ def test_stage_with_a_key_that_cannot_be_sent_fails_in_one_line_without_it(tmp_p
     assert proc.stderr.startswith("error: the API key in PICO_TEST_BAD_KEY") and kind in proc.stderr
     assert "sk-live" not in proc.stderr and "123" not in proc.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_dense_spec_request_draws_distinct_specs_from_the_given_lists():
+    from pico.spec import FIELDS, sample_specs
+
+    values = {f: [f"{f}-a", f"{f}-b"] for f in FIELDS}  # 128 specs in all; asking for 100 takes the dense path
+    specs = sample_specs(100, 0, values)
+    assert len(set(specs)) == 100 and all(getattr(s, f) in values[f] for s in specs for f in FIELDS)
