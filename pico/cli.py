@@ -1,4 +1,5 @@
-"""The `pico` command for people: play with a checkpoint, compare checkpoints or runs, list runs.
+"""The `pico` command for people: play with a checkpoint, compare checkpoints or runs, list runs, export a
+checkpoint for Hugging Face `transformers`, serve one over an OpenAI-compatible API.
 
 DVC runs the pipeline; these commands read what it produced.
 """
@@ -515,6 +516,46 @@ def cmd_check(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- export
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model directory (safetensors)",
+                       description="Write a transformer checkpoint as a directory `transformers` loads with no pico "
+                                   "code: config.json (GPT2LMHeadModel), model.safetensors, generation_config.json "
+                                   "(evaluate's sampling in --params), tokenizer.json, tokenizer_config.json with a "
+                                   "chat template, and a model card README.md.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="the directory to write (replaced whole)")
+    p.add_argument("--tokenizer", default="data/tokenizer/tokenizer.json")
+    p.add_argument("--params", default="params.yaml", help="its evaluate section gives the sampling defaults")
+    p.add_argument("--name", help="the checkpoint's name in --metrics and the card (default: the file's stem)")
+    p.add_argument("--dataset", default="data/dataset.json", help="the data card, for the model card (if present)")
+    p.add_argument("--metrics", default="metrics/evaluate.json", help="evaluation numbers, for the model card (if present)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from pico.checkpoint import load_checkpoint
+    from pico.config import load_params
+    from pico.export import export_files, write_export
+    from pico.io import read_json
+    from pico.sampling import SamplingConfig
+    from pico.tokenizer import load_tokenizer
+
+    sampling = SamplingConfig.of(load_params(args.params).evaluate)
+    tok = load_tokenizer(args.tokenizer)
+    ckpt = load_checkpoint(args.checkpoint, tokenizer_hash=tok.hash)
+    name = args.name or Path(args.checkpoint).stem
+    dataset = read_json(args.dataset) if Path(args.dataset).is_file() else None
+    metrics = read_json(args.metrics) if Path(args.metrics).is_file() else {}
+    evaluation = metrics.get(name) if isinstance(metrics, dict) else None
+    if evaluation is None:
+        print(f"note: no evaluation numbers for {name!r} in {args.metrics}; the model card says so", file=sys.stderr)
+    write_export(args.out, export_files(name, ckpt.model, ckpt.meta, tok, sampling, dataset, evaluation,
+                                        source=args.checkpoint))
+    print(f"wrote {args.out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     from pico.stage import OneLineArgumentParser
@@ -527,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs(sub)
     add_params(sub)
     add_check(sub)
+    add_export(sub)
     return parser
 
 

@@ -219,6 +219,12 @@ def model_card(name: str, meta: dict, arch: str, sampling: SamplingConfig, datas
     return "\n".join(lines) + "\n"
 
 
+def not_exported_card(name: str, reason: str) -> str:
+    """README.md of a checkpoint the pipeline could not export, saying why (the ExportError's message)."""
+    return (f"# pico {name}: not exported\n\n{reason}\n\nOnly model.type: transformer checkpoints whose every "
+            f"setting and tensor maps onto a transformers architecture are exported.\n")
+
+
 # ----------------------------------------------------------------------------------------------- write
 def export_files(name: str, model: torch.nn.Module, meta: dict, tok: Tokenizer, sampling: SamplingConfig,
                  dataset: dict | None = None, evaluation: dict | None = None, source: str = "checkpoint") -> dict:
