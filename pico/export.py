@@ -34,8 +34,12 @@ Tensors = dict[str, torch.Tensor]
 
 # ModelConfig fields the GPT-2 mapping reads (None: any value), or the one value it can represent. A field not
 # listed here (a knob added to pico's model later) stops the export until the mapping says what it means.
+# RoPE and the copy head (issue 19) have no GPT-2 form: only learned positions and no copy head export as GPT-2;
+# the copy head's own sizes mean nothing without it.
 GPT2_SETTINGS: dict[str, object] = {"type": "transformer", "d_model": None, "n_layer": None, "n_head": None,
-                                    "max_seq_len": None, "dropout": None, "k": None, "mlp_ratio": None}
+                                    "max_seq_len": None, "dropout": None, "k": None, "mlp_ratio": None,
+                                    "pos_encoding": "learned", "copy_head": False, "copy_dim": None,
+                                    "copy_value_key": None, "copy_min_gap": None}
 
 
 def unsupported_settings(cfg: ModelConfig, settings: dict[str, object]) -> list[str]:
