@@ -13,6 +13,7 @@ is seeded with `stable_seed(seed, i)`, as `sample` seeds prompt i), whatever els
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import threading
@@ -191,7 +192,14 @@ class Batcher:
 
 
 def _keep_rows(cache, keep: list[int]) -> None:
-    """Drop the cache rows of finished answers (B shrinks; the slots stay aligned)."""
+    """Drop the cache rows of finished answers (B shrinks; the slots stay aligned). A per-row side cache (a field
+    `copy` of row-first tensors, as a copy head keeps) shrinks with it."""
     index = torch.tensor(keep, device=cache.k.device)
     cache.k, cache.v = cache.k.index_select(1, index), cache.v.index_select(1, index)
     cache.key_valid, cache.next_pos = cache.key_valid[index], cache.next_pos[index]
+    side = getattr(cache, "copy", None)
+    if side is not None:
+        for f in dataclasses.fields(side):
+            value = getattr(side, f.name)
+            if torch.is_tensor(value):
+                setattr(side, f.name, value.index_select(0, index))
