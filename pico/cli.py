@@ -1,4 +1,5 @@
-"""The `pico` command for people: play with a checkpoint, compare checkpoints or runs, list runs.
+"""The `pico` command for people: play with a checkpoint, compare checkpoints or runs, list runs, export a
+checkpoint for Hugging Face `transformers`, serve one over an OpenAI-compatible API.
 
 DVC runs the pipeline; these commands read what it produced.
 """
@@ -515,6 +516,101 @@ def cmd_check(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- export
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model directory (safetensors)",
+                       description="Write a transformer checkpoint as a directory `transformers` loads with no pico "
+                                   "code: config.json (GPT2LMHeadModel), model.safetensors, generation_config.json "
+                                   "(evaluate's sampling in --params), tokenizer.json, tokenizer_config.json with a "
+                                   "chat template, and a model card README.md.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="the directory to write (replaced whole)")
+    p.add_argument("--tokenizer", default="data/tokenizer/tokenizer.json")
+    p.add_argument("--params", default="params.yaml", help="its evaluate section gives the sampling defaults")
+    p.add_argument("--name", help="the checkpoint's name in --metrics and the card (default: the file's stem)")
+    p.add_argument("--dataset", default="data/dataset.json", help="the data card, for the model card (if present)")
+    p.add_argument("--metrics", default="metrics/evaluate.json", help="evaluation numbers, for the model card (if present)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from pico.checkpoint import load_checkpoint
+    from pico.config import load_params
+    from pico.export import export_files, write_export
+    from pico.io import read_json
+    from pico.sampling import SamplingConfig
+    from pico.tokenizer import load_tokenizer
+
+    sampling = SamplingConfig.of(load_params(args.params).evaluate)
+    tok = load_tokenizer(args.tokenizer)
+    ckpt = load_checkpoint(args.checkpoint, tokenizer_hash=tok.hash)
+    name = args.name or Path(args.checkpoint).stem
+    dataset = read_json(args.dataset) if Path(args.dataset).is_file() else None
+    metrics = read_json(args.metrics) if Path(args.metrics).is_file() else {}
+    evaluation = metrics.get(name) if isinstance(metrics, dict) else None
+    if evaluation is None:
+        print(f"note: no evaluation numbers for {name!r} in {args.metrics}; the model card says so", file=sys.stderr)
+    write_export(args.out, export_files(name, ckpt.model, ckpt.meta, tok, sampling, dataset, evaluation,
+                                        source=args.checkpoint))
+    print(f"wrote {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- serve
+def add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve a checkpoint over an OpenAI-compatible HTTP API",
+                       description="Serve a checkpoint at /v1/chat/completions, /v1/completions (stream, temperature, "
+                                   "top_p, max_tokens, stop, n, seed), /v1/models and /health. A chat request's user "
+                                   "message is a full prompt or a JSON spec. Requests arriving together are decoded "
+                                   "together; past --max-queue waiting answers the server answers 429.")
+    p.add_argument("--checkpoint", default="checkpoints/dpo.pt")
+    p.add_argument("--tokenizer", default="data/tokenizer/tokenizer.json")
+    p.add_argument("--host", default="127.0.0.1", help="the address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key-env", metavar="NAME", help="require `Authorization: Bearer $NAME` on every /v1 request")
+    p.add_argument("--model-name", help="the model id clients send (default: the checkpoint file's stem)")
+    p.add_argument("--max-batch", type=int, default=8, help="answers decoded together")
+    p.add_argument("--max-queue", type=int, default=64, help="answers waiting before 429")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    import os
+
+    from pico.checkpoint import load_checkpoint
+    from pico.device import resolve_device
+    from pico.teacher import key_problem
+    from pico.tokenizer import load_tokenizer
+
+    for flag, value, lo in (("--port", args.port, 0), ("--max-batch", args.max_batch, 1), ("--max-queue", args.max_queue, 1)):
+        if not lo <= value <= (65535 if flag == "--port" else 4096):
+            raise PicoError(f"{flag}: must be in [{lo}, {65535 if flag == '--port' else 4096}] (got {value})")
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env, "").strip()
+        problem = "is not set" if not api_key else key_problem(api_key)
+        if problem:
+            raise PicoError(f"--api-key-env: the variable {args.api_key_env} {problem}; export the key there")
+    try:
+        from pico.serve import Server, serve_forever
+        from pico.batcher import Batcher
+    except ImportError as e:
+        raise PicoError(f"pico serve needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") from None
+    device = resolve_device(args.device)
+    tok = load_tokenizer(args.tokenizer)
+    ckpt = load_checkpoint(args.checkpoint, tokenizer_hash=tok.hash, device=device)
+    if not getattr(ckpt.model, "supports_left_padding", False):
+        raise PicoError(f"{args.checkpoint}: pico serve decodes requests together in left-padded batches, which a "
+                        f"{ckpt.model_cfg.type} model cannot take; serve a transformer checkpoint")
+    model_id = args.model_name or Path(args.checkpoint).stem
+    batcher = Batcher(ckpt.model, tok, max_batch=args.max_batch, max_queue=args.max_queue, device=device)
+    print(f"serving {model_id!r} at http://{args.host}:{args.port}/v1"
+          f"{' (API key required)' if api_key else ''}; Ctrl-C stops", file=sys.stderr)
+    serve_forever(Server(batcher, model_id, api_key), args.host, args.port)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     from pico.stage import OneLineArgumentParser
@@ -527,6 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs(sub)
     add_params(sub)
     add_check(sub)
+    add_export(sub)
+    add_serve(sub)
     return parser
 
 

@@ -43,6 +43,10 @@ class CheckpointError(PicoError):
     """A checkpoint is missing, truncated, foreign or does not match the tokenizer/model it is used with."""
 
 
+class ExportError(PicoError):
+    """A checkpoint cannot be written as a Hugging Face model exactly (the message names what does not map)."""
+
+
 class TrainingError(PicoError):
     """Training cannot go on (e.g. the loss became NaN/inf)."""
 

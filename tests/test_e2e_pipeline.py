@@ -15,7 +15,8 @@ pytestmark = pytest.mark.e2e
 
 def test_repro_runs_every_stage_and_writes_outputs(built):
     repo, proc = built
-    assert set(ran_stages(proc)) == {"prepare", "tokenizer", "generate", "pretrain", "sft", "dpo", "evaluate", "bundle"}
+    assert set(ran_stages(proc)) == {"prepare", "tokenizer", "generate", "pretrain", "sft", "dpo", "evaluate", "export",
+                                   "bundle"}
     for rel in ["data/prepared/train.txt", "data/prepared/val.txt", "data/tokenizer/tokenizer.json",
                 "data/tokens/train.bin", "data/tokens/val.bin", "checkpoints/base.pt",
                 "plots/pretrain/train.csv", "plots/pretrain/val.csv", "data/sft/train.jsonl", "data/sft/test.jsonl",

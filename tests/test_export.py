@@ -1,0 +1,275 @@
+"""`pico export`: the Hugging Face directory loads in `transformers` with no pico code and gives pico's logits,
+ids, prompts and greedy text exactly; what cannot map is an error naming it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+
+from pico.checkpoint import load_checkpoint, save_checkpoint
+from pico.cli import main
+from pico.errors import ExportError
+from pico.export import GPT2_SETTINGS, export_files, gpt2_tensors, unsupported_settings, write_export
+from pico.model import build_model
+from pico.prompt import build_prompt, encode_prompt
+from pico.sampling import SamplingConfig, sample
+from pico.spec import Spec, sample_specs
+from pico.tinystories import split_stories
+from pico.tokenizer import EOT, train_tokenizer
+
+from conftest import REPO, config
+
+SAMPLING = SamplingConfig.of(config("evaluate"))
+
+
+def export(tmp_path, model, tok, name="sft", **kw):
+    out = tmp_path / f"export_{name}"
+    meta = {"stage": "sft", "step": 3, "model": {**dataclasses.asdict(model.cfg), "vocab_size": model.vocab_size},
+            "tokenizer_hash": tok.hash, "parent": "", "train_config": {"lr": 0.003}}
+    write_export(out, export_files(name, model, meta, tok, SAMPLING, **kw))
+    return out
+
+
+def load_hf(path):
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model.eval(), transformers.AutoTokenizer.from_pretrained(path)
+
+
+def tiny_gpt(tok, seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = config("model", type="transformer", d_model=32, n_layer=2, n_head=2, max_seq_len=128, **kw)
+    return build_model(cfg, tok.vocab_size).eval()
+
+
+def train_briefly(model, tok, stories, steps=30):
+    """A few AdamW steps on real text, so the weights are no longer their initialisation (loss must fall)."""
+    ids = torch.tensor([t for s in stories[:60] for t in tok.encode(s) + [tok.eot_id]][: 8 * 65]).view(8, 65)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        logits = model(ids[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5, losses[::10]
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------- logits
+@pytest.mark.parametrize("trained", [False, True])
+def test_transformers_gives_picos_logits(tmp_path, tok, sample_stories, trained):
+    model = tiny_gpt(tok)
+    if trained:
+        model = train_briefly(model, tok, sample_stories)
+    hf, _ = load_hf(export(tmp_path, model, tok))
+    assert type(hf).__name__ == "GPT2LMHeadModel"  # a standard architecture: no pico code, no trust_remote_code
+    ids = torch.randint(0, tok.vocab_size, (3, model.cfg.max_seq_len), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours, theirs = model(ids), hf(ids).logits
+    assert ours.shape == theirs.shape
+    assert (ours - theirs).abs().max().item() < 1e-4
+
+
+def test_safetensors_hold_every_tensor_once_and_the_head_is_tied(tmp_path, tok):
+    from safetensors.torch import load_file
+
+    model = tiny_gpt(tok)
+    out = export(tmp_path, model, tok)
+    tensors = load_file(out / "model.safetensors")
+    assert "lm_head.weight" not in tensors  # tied to transformer.wte.weight, as GPT-2 stores it
+    assert torch.equal(tensors["transformer.h.1.attn.c_attn.weight"], model.blocks[1].attn.qkv.weight.t())
+    assert not tensors["transformer.h.0.mlp.c_fc.bias"].any()  # pico has no biases: zeros, exactly
+    config_json = json.loads((out / "config.json").read_text())
+    assert config_json["architectures"] == ["GPT2LMHeadModel"] and config_json["eos_token_id"] == tok.eot_id
+    hf, _ = load_hf(out)
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()
+
+
+# ----------------------------------------------------------------------------------------------- tokenizer
+@pytest.fixture(scope="module")
+def big_tok(tinystories):
+    """A 4096-id tokenizer (the pipeline's size), trained on a train shard: many merges to get right."""
+    text = (tinystories / "train" / "v1_s-ajaykumar_smallGPT.txt").read_text(encoding="utf-8")
+    return train_tokenizer(split_stories(text), 4096)
+
+
+def val_stories(tinystories) -> list[str]:
+    return [s for f in sorted((tinystories / "valid").glob("*.txt"))
+            for s in split_stories(f.read_text(encoding="utf-8")) if s.strip()]
+
+
+@pytest.mark.parametrize("which", ["tok", "big_tok"])
+def test_hf_tokenizer_gives_picos_ids_on_tinystories_val(tmp_path, request, tinystories, which):
+    tok = request.getfixturevalue(which)
+    _, hf_tok = load_hf(export(tmp_path, tiny_gpt(tok), tok))
+    stories = val_stories(tinystories)
+    assert len(stories) > 500
+    ours = tok.encode_batch(stories)
+    theirs = hf_tok(stories, add_special_tokens=False)["input_ids"]
+    mismatched = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
+    assert not mismatched, f"{len(mismatched)} stories differ, first: {stories[mismatched[0]][:80]!r}"
+    assert [hf_tok.decode(ids) for ids in ours[:200]] == [tok.decode(ids) for ids in ours[:200]]
+
+
+def test_hf_tokenizer_gives_picos_ids_on_sft_prompts_and_special_text(tmp_path, tok):
+    from pico.generate import generate_rows
+
+    _, hf_tok = load_hf(export(tmp_path, tiny_gpt(tok), tok))
+    rows = generate_rows(config("generate", sft_splits={"train": 40, "valid": 2, "test": 2, "test_unseen": 2},
+                                dpo_splits={"train": 2, "valid": 2, "test": 2})).rows[("sft", "train")]
+    for text in [r["prompt"] for r in rows] + [r["response"] for r in rows]:
+        assert hf_tok.encode(text, add_special_tokens=False) == tok.encode(text)
+    typed = f"a story {EOT} that types the end token"  # text in a prompt, never the special id (as in pico)
+    assert hf_tok.encode(typed, add_special_tokens=False) == tok.encode(typed)
+    assert tok.eot_id not in hf_tok.encode(typed, add_special_tokens=False)
+    ids = tok.encode("The end.") + [tok.eot_id]
+    assert hf_tok.decode(ids, skip_special_tokens=True) == tok.decode(ids) == "The end."
+    assert hf_tok.eos_token_id == tok.eot_id and hf_tok.pad_token_id == tok.eot_id
+
+
+ODD = Spec("Q's \"{{ title }}\" {% raw %}", "a place with \\ backslashes", "Mina", "Kai", "a key 🗝",
+           "never say '{#'", "the end")
+
+
+@pytest.mark.parametrize("spec", [*sample_specs(20, 5), ODD])
+def test_chat_template_renders_a_spec_in_the_one_prompt_format(tmp_path, tok, spec):
+    _, hf_tok = load_hf(export(tmp_path, tiny_gpt(tok), tok))
+    messages = [{"role": "system", "content": "ignored"}, {"role": "user", "content": spec.to_dict()}]
+    assert hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == build_prompt(spec)
+    ids = hf_tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    assert list(ids) == encode_prompt(tok, build_prompt(spec))
+
+
+def test_chat_template_takes_text_as_the_full_prompt_and_refuses_assistant_turns(tmp_path, tok):
+    _, hf_tok = load_hf(export(tmp_path, tiny_gpt(tok), tok))
+    assert hf_tok.apply_chat_template([{"role": "user", "content": "Once upon a time"}], tokenize=False) \
+        == "Once upon a time"
+    with pytest.raises(Exception, match="single-turn"):
+        hf_tok.apply_chat_template([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                                   tokenize=False)
+
+
+# ----------------------------------------------------------------------------------------------- generation
+def test_greedy_generate_gives_picos_greedy_text(tmp_path, tok, sample_stories):
+    model = train_briefly(tiny_gpt(tok), tok, sample_stories)
+    hf, hf_tok = load_hf(export(tmp_path, model, tok))
+    prompts = ["Once upon a time, there was a", "Tom and Sue went to the park. They", build_prompt(ODD)[-60:]]
+    greedy = SamplingConfig(temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=40, no_repeat_ngram=0, seed=0)
+    ours = [tok.decode(ids) for ids in sample(model, [tok.encode(p) for p in prompts], greedy, tok.eot_id)]
+    batch = hf_tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)  # left-padded, together
+    out = hf.generate(**batch, do_sample=False, max_new_tokens=40)
+    theirs = [hf_tok.decode(row[batch["input_ids"].shape[1]:], skip_special_tokens=True) for row in out]
+    assert theirs == ours
+    assert len(set(ours)) == 3 and all(ours)
+
+
+def test_generation_config_has_the_evaluation_sampling_and_the_end_token(tmp_path, tok):
+    out = export(tmp_path, tiny_gpt(tok), tok)
+    gen = transformers.GenerationConfig.from_pretrained(out)
+    ev = config("evaluate")
+    assert gen.eos_token_id == tok.eot_id and gen.pad_token_id == tok.eot_id and gen.do_sample
+    assert (gen.temperature, gen.top_p, gen.top_k, gen.max_new_tokens) == (ev.temperature, ev.top_p, ev.top_k,
+                                                                         ev.max_new_tokens)
+
+
+# ----------------------------------------------------------------------------------------------- what does not map
+@pytest.mark.parametrize("kind", ["lstm", "kgram_mlp"])
+def test_lstm_and_kgram_are_not_exportable(tmp_path, tok, kind):
+    model = build_model(config("model", type=kind, d_model=16, n_layer=1, max_seq_len=64), tok.vocab_size)
+    with pytest.raises(ExportError, match=f"a {kind} model is not exportable to a standard transformers"):
+        export(tmp_path, model, tok)
+    assert not (tmp_path / "export_sft").exists()
+
+
+def test_a_tensor_with_no_place_is_an_error_naming_it(tok):
+    weights = dict(tiny_gpt(tok).state_dict())
+    weights["copy_gate.weight"] = torch.zeros(3)
+    with pytest.raises(ExportError, match="copy_gate.weight"):
+        gpt2_tensors(weights)
+    weights.pop("copy_gate.weight")
+    weights["head.weight"] = weights["head.weight"].clone() + 1  # an untied output layer
+    with pytest.raises(ExportError, match="head.weight: the output layer is not tied"):
+        gpt2_tensors(weights)
+
+
+def test_a_setting_the_mapping_does_not_know_is_named():
+    cfg = config("model", type="transformer")
+    assert unsupported_settings(cfg, GPT2_SETTINGS) == []
+    known = {k: v for k, v in GPT2_SETTINGS.items() if k != "mlp_ratio"}  # as if pico gained a new knob
+    assert unsupported_settings(cfg, known) == [f"model.mlp_ratio = {cfg.mlp_ratio} (a setting this architecture "
+                                                f"does not know)"]
+    assert "it represents only 'transformer'" in unsupported_settings(config("model", type="lstm"), GPT2_SETTINGS)[0]
+
+
+# ----------------------------------------------------------------------------------------------- command and stage
+def save(path, model, tok, stage="sft"):
+    train_config = {"beta": 0.1, "loss_type": "sigmoid"} if stage == "dpo" else {"lr": 0.003}
+    save_checkpoint(path, model, model_cfg=model.cfg, tokenizer_hash=tok.hash, stage=stage, step=7,
+                    train_config=train_config)
+
+
+def test_pico_export_writes_a_directory_with_a_model_card(tmp_path, tok, capsys):
+    tok.save(tmp_path / "tokenizer.json")
+    save(tmp_path / "sft.pt", tiny_gpt(tok), tok)
+    (tmp_path / "evaluate.json").write_text(json.dumps({"sft": {"val_bpb": 3.25, "unseen_pass_all": 0.125}}))
+    (tmp_path / "dataset.json").write_text(json.dumps({"purpose": "baseline", "rows": {"sft/train": 256}}))
+    code = main(["export", "--checkpoint", str(tmp_path / "sft.pt"), "--out", str(tmp_path / "out"),
+                 "--tokenizer", str(tmp_path / "tokenizer.json"), "--params", str(REPO / "params.yaml"),
+                 "--metrics", str(tmp_path / "evaluate.json"), "--dataset", str(tmp_path / "dataset.json")])
+    assert code == 0, capsys.readouterr().err
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "generation_config.json",
+                                                     "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    card = (out / "README.md").read_text()
+    assert "| val_bpb | 3.25 |" in card and "| unseen_pass_all | 0.125 |" in card
+    assert '- purpose: "baseline"' in card and "- lr: 0.003" in card and "GPT2LMHeadModel" in card
+    load_hf(out)
+
+
+def test_pico_export_of_an_lstm_is_one_line_naming_the_file(tmp_path, tok, capsys):
+    tok.save(tmp_path / "tokenizer.json")
+    lstm = build_model(config("model", type="lstm", d_model=16, n_layer=1, max_seq_len=64), tok.vocab_size)
+    save(tmp_path / "lstm.pt", lstm, tok)
+    code = main(["export", "--checkpoint", str(tmp_path / "lstm.pt"), "--out", str(tmp_path / "out"),
+                 "--tokenizer", str(tmp_path / "tokenizer.json"), "--params", str(REPO / "params.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith(f"error: {tmp_path / 'lstm.pt'}: a lstm model is not exportable")
+    assert not (tmp_path / "out").exists()
+
+
+def test_stage_exports_both_checkpoints_and_explains_an_unexportable_one(tmp_path, tok):
+    tok.save(tmp_path / "tokenizer.json")
+    save(tmp_path / "sft.pt", tiny_gpt(tok), tok)
+    lstm = build_model(config("model", type="lstm", d_model=16, n_layer=1, max_seq_len=64), tok.vocab_size)
+    save(tmp_path / "dpo.pt", lstm, tok, stage="dpo")
+    (tmp_path / "evaluate.json").write_text(json.dumps({"sft": {"val_bpb": 3.25}}))
+    (tmp_path / "dataset.json").write_text(json.dumps({"purpose": "baseline"}))
+    cmd = [sys.executable, str(REPO / "stages/export.py"), "--params", str(REPO / "params.yaml"),
+           "--sft", str(tmp_path / "sft.pt"), "--dpo", str(tmp_path / "dpo.pt"),
+           "--tokenizer", str(tmp_path / "tokenizer.json"), "--dataset", str(tmp_path / "dataset.json"),
+           "--evaluation", str(tmp_path / "evaluate.json"), "--sft-out", str(tmp_path / "exports/sft"),
+           "--dpo-out", str(tmp_path / "exports/dpo")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "exports/sft/model.safetensors").is_file()
+    assert [p.name for p in (tmp_path / "exports/dpo").iterdir()] == ["README.md"]
+    assert "a lstm model is not exportable" in (tmp_path / "exports/dpo/README.md").read_text()
+    assert "not exported" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["dpo", "sft"]  # no temp folders left
+    reloaded = load_checkpoint(tmp_path / "sft.pt", tokenizer_hash=tok.hash).model
+    hf, _ = load_hf(tmp_path / "exports/sft")
+    ids = torch.arange(20).unsqueeze(0)
+    with torch.no_grad():
+        assert (reloaded.eval()(ids) - hf(ids).logits).abs().max().item() < 1e-4
+
