@@ -159,15 +159,16 @@ def choose_architecture(cfg: ModelConfig, source: str) -> Architecture:
 
 # ----------------------------------------------------------------------------------------------- generation, card
 def generation_config(sampling: SamplingConfig, eot_id: int) -> dict:
-    """generation_config.json: stop at the end token, and sample as `evaluate` does by default."""
+    """generation_config.json: stop at the end token, and sample as `evaluate` does by default.
+
+    pico's `no_repeat_ngram` is left out: it guards the generated text only, while transformers'
+    `no_repeat_ngram_size` also counts the prompt's n-grams, so it would forbid copying the spec's fields."""
     out: dict = {"bos_token_id": eot_id, "eos_token_id": eot_id, "pad_token_id": eot_id,
                  "max_new_tokens": sampling.max_new_tokens}
     if sampling.temperature < GREEDY_BELOW:
         out["do_sample"] = False
     else:
         out.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
-    if sampling.no_repeat_ngram:
-        out["no_repeat_ngram_size"] = sampling.no_repeat_ngram
     return out
 
 

@@ -44,7 +44,8 @@ def load_hf(path):
 
 def tiny_gpt(tok, seed=0, **kw):
     torch.manual_seed(seed)
-    cfg = config("model", type="transformer", d_model=32, n_layer=2, n_head=2, max_seq_len=128, **kw)
+    plain = {"pos_encoding": "learned", "copy_head": False}  # GPT-2's shape; params.yaml's default has a copy head
+    cfg = config("model", type="transformer", d_model=32, n_layer=2, n_head=2, max_seq_len=128, **{**plain, **kw})
     return build_model(cfg, tok.vocab_size).eval()
 
 
@@ -203,7 +204,7 @@ def test_a_tensor_with_no_place_is_an_error_naming_it(tok):
 
 
 def test_a_setting_the_mapping_does_not_know_is_named():
-    cfg = config("model", type="transformer")
+    cfg = config("model", type="transformer", pos_encoding="learned", copy_head=False)
     assert unsupported_settings(cfg, GPT2_SETTINGS) == []
     known = {k: v for k, v in GPT2_SETTINGS.items() if k != "mlp_ratio"}  # as if pico gained a new knob
     assert unsupported_settings(cfg, known) == [f"model.mlp_ratio = {cfg.mlp_ratio} (a setting this architecture "
