@@ -161,6 +161,7 @@ class GenerateConfig(Section):
     dpo_splits: dict[str, int] = knob("pairs per split: train, valid, test")
     heldout_share: float = knob("share of every value list kept out of train/valid/test, for test_unseen", "(0, 0.9]")
     pair_difficulty: Literal["easy", "hard"] | float = knob("easy, hard, or the share of hard pairs in [0, 1]")
+    phrase_values: int = knob("values per field cut from TinyStories, added to train/valid draws (0 = none)", "[0, 100000]")
     teacher: TeacherConfig = knob("the teacher LLM (provider: openai)")
 
     def validate(self) -> None:

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, TypeVar
 from pico.checks import check_story, failed_checks
 from pico.config import SFT_SPLITS, SPLITS, UNSEEN, GenerateConfig
 from pico.prompt import build_prompt
-from pico.spec import Spec, sample_specs, split_values
+from pico.spec import Spec, Values, is_curated, sample_specs, split_values, with_phrases
 from pico.stories import (
     BROKEN_CHECK,
     PAIR_KIND_EASY,
@@ -38,12 +38,13 @@ def splits_of(dataset: str) -> tuple[str, ...]:
     return SFT_SPLITS if dataset == "sft" else SPLITS
 
 
-def assign_specs(cfg: GenerateConfig) -> dict[tuple[str, str], list[Spec]]:
+def assign_specs(cfg: GenerateConfig, phrases: Values | None = None) -> dict[tuple[str, str], list[Spec]]:
     """Distinct specs for every (dataset, split); no spec is shared between any two.
 
     A seeded `heldout_share` of every value list is held out: train, valid and test specs use only the other
     values, and sft/test_unseen only held-out ones, so it measures following a spec rather than recalling
-    value-to-sentence pairs seen in training.
+    value-to-sentence pairs seen in training. `phrases` (values cut from TinyStories, none of them held out)
+    widen the train and valid draws only, so the test splits are the same whatever the training values.
     """
     seen, heldout = split_values(cfg.heldout_share, cfg.seed)
     sizes = [(d, s, getattr(cfg, f"{d}_splits")[s]) for d in DATASETS for s in splits_of(d) if s != UNSEEN]
@@ -53,6 +54,14 @@ def assign_specs(cfg: GenerateConfig) -> dict[tuple[str, str], list[Spec]]:
         out[(dataset, split)] = specs[start : start + n]
         start += n
     out[("sft", UNSEEN)] = sample_specs(cfg.sft_splits[UNSEEN], cfg.seed, heldout)
+    if phrases:
+        train_values = with_phrases(seen, phrases)
+        tests = {spec for (_, split), specs in out.items() if split in ("test", UNSEEN) for spec in specs}
+        widened = [(d, s, n) for d, s, n in sizes if s != "test"]
+        draw = iter(spec for spec in sample_specs(sum(n for *_, n in widened) + len(tests), cfg.seed + 1, train_values)
+                    if spec not in tests)
+        for dataset, split, n in widened:
+            out[(dataset, split)] = [next(draw) for _ in range(n)]
     return out
 
 
@@ -81,16 +90,20 @@ def chosen_is_valid(story: str, spec: Spec) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- template
-def template_row(dataset: str, spec: Spec, rng: random.Random, difficulty: str | float) -> dict:
+def template_row(dataset: str, spec: Spec, rng: random.Random, difficulty: str | float) -> dict | None:
+    """One row written by the templates; None when a spec with TinyStories phrase values makes a story that
+    fails its own checks (such a row would teach a failure)."""
     prompt = build_prompt(spec)
-    if dataset == "sft":
-        return {"prompt": prompt, "response": horror_story(spec, rng), "spec": spec.to_dict()}
-    kind = pick_pair_kind(rng, difficulty)
     chosen = horror_story(spec, rng)
+    if dataset == "sft":
+        row = {"prompt": prompt, "response": chosen, "spec": spec.to_dict()}
+        return row if is_curated(spec) or chosen_is_valid(chosen, spec) else None
+    kind = pick_pair_kind(rng, difficulty)
     rejected = wholesome_story(spec, rng) if kind == PAIR_KIND_EASY else horror_story(spec, rng, break_rule=kind)
-    # the templates are built so these hold for every spec; a failure is a bug in pico, not in the data
     if not chosen_is_valid(chosen, spec) or not rejected_is_valid(rejected, spec, kind):
-        raise AssertionError(f"template pair of kind {kind} fails its own checks for spec {spec}")
+        if is_curated(spec):  # the templates are built so these hold for every curated spec: a bug in pico
+            raise AssertionError(f"template pair of kind {kind} fails its own checks for spec {spec}")
+        return None
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "spec": spec.to_dict(), "pair_kind": kind}
 
 
@@ -152,15 +165,20 @@ class Generated:
     regenerated: int = 0
 
 
-def generate_rows(cfg: GenerateConfig, client: TeacherClient | None = None, progress=None) -> Generated:
+def generate_rows(cfg: GenerateConfig, client: TeacherClient | None = None, progress=None,
+                  phrases: Values | None = None) -> Generated:
     """Every (dataset, split)'s rows, in spec order. `client` is required for the openai provider."""
-    parts = assign_specs(cfg)
+    parts = assign_specs(cfg, phrases)
     jobs = [(d, s, i, spec) for (d, s), specs in parts.items() for i, spec in enumerate(specs)]
     out = Generated(rows={key: [] for key in parts})
 
     if cfg.provider == "template":
         for d, s, i, spec in jobs:
-            out.rows[(d, s)].append(template_row(d, spec, row_rng(cfg.seed, d, s, i), cfg.pair_difficulty))
+            row = template_row(d, spec, row_rng(cfg.seed, d, s, i), cfg.pair_difficulty)
+            if row is None:
+                out.dropped[f"{d}/{s}/fails_checks"] += 1
+            else:
+                out.rows[(d, s)].append(row)
             if progress:
                 progress.update(1)
         return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import asdict, dataclass, fields
 
 from pico.errors import ParamsError
@@ -184,3 +185,56 @@ def sample_specs(n: int, seed: int, values: Values = VALUES) -> list[Spec]:
             seen.add(spec)
             out.append(spec)
     return out
+
+
+# ----------------------------------------------------------------------------------------------- phrase values
+_STOP_END = frozenset("a an the and of to in on with very so was is his her my your their it they he she for at but "
+                      "or that this some".split())
+PHRASE_FIELDS = ("title", "setting", "object", "taboo", "twist")  # names keep the curated lists: they carry pronouns
+
+
+def _ends_well(words: list[str]) -> bool:
+    return words[-1] not in _STOP_END
+
+
+def phrase_values(text: str, exclude: Values, limit: int) -> Values:
+    """Up to `limit` values per phrase field cut out of TinyStories text, none of them in `exclude`.
+
+    Thousands of natural values ('a big red ball', 'never go near the water', 'the sun was shining in the
+    sky') that no small list or grammar could make: a model trained on them cannot memorise value-to-sentence
+    pairs and has to copy from its prompt (RESEARCH.md, finding 6). Deterministic for the same text.
+    """
+    found: dict[str, set[str]] = {f: set() for f in PHRASE_FIELDS}
+    for m in re.finditer(r"\b(an?) ((?:[a-z]+ ){1,2}[a-z]+)(?=[.,!])", text):
+        words = m.group(2).split()
+        if _ends_well(words) and not set(words) & {"was", "is", "and", "were", "to"}:
+            found["object"].add(f"{m.group(1)} {m.group(2)}")
+    for m in re.finditer(r"\b(?:not|never|don't|didn't|to) ((?:[a-z]+ ){2,6}[a-z]+)(?=[.,!])", text):
+        words = m.group(1).split()
+        if _ends_well(words) and words[0] not in _STOP_END:
+            found["taboo"].add("never " + m.group(1))
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        m = re.match(r"^The ((?:[a-z]+ ){2,8}[a-z]+)[.!]$", sentence.strip())
+        if m and _ends_well(m.group(1).split()):
+            found["twist"].add("the " + m.group(1))
+    for m in re.finditer(r"\b(?:in|at|near) (the|a) ((?:[a-z]+ ){0,2}[a-z]+)(?=[.,!])", text):
+        if _ends_well(m.group(2).split()):
+            found["setting"].add(f"{m.group(1)} {m.group(2)}")
+    found["title"] = {"The " + " ".join(w.capitalize() for w in o.split()[1:]) for o in found["object"]}
+    out: Values = {}
+    for f in PHRASE_FIELDS:
+        banned = set(exclude.get(f, ()))
+        values = sorted(v for v in found[f] if v not in banned)
+        random.Random(f"phrases/{f}").shuffle(values)
+        out[f] = values[:limit]
+    return out
+
+
+def is_curated(spec: Spec) -> bool:
+    """Every value of the spec is from pico's curated lists (not a TinyStories phrase)."""
+    return all(getattr(spec, f) in VALUES[f] for f in FIELDS)
+
+
+def with_phrases(values: Values, phrases: Values) -> Values:
+    """`values` with `phrases` appended to the fields it has (duplicates dropped, order kept)."""
+    return {f: list(dict.fromkeys(values[f] + phrases.get(f, []))) for f in FIELDS}

@@ -3,12 +3,21 @@ run snapshot, self-contained report.html)."""
 
 from __future__ import annotations
 
+import sys
 import logging
 import shutil
 from pathlib import Path
 
 import pandas as pd
 import yaml
+
+# This checkout's pico, never another copy's: `dvc exp run --queue` runs stages in a temporary copy of the repo,
+# where an editable install would otherwise import the pico of the folder it was installed from.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# This checkout's pico, never another copy's: `dvc exp run --queue` runs stages in a temporary copy of the repo,
+# where an editable install would otherwise import the pico of the folder it was installed from.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pico import bundle as B
 from pico.config import PURPOSES, load_params

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import sys
 import logging
 import os
 from pathlib import Path
+
+# This checkout's pico, never another copy's: `dvc exp run --queue` runs stages in a temporary copy of the repo,
+# where an editable install would otherwise import the pico of the folder it was installed from.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pico.config import load_params
 from pico.errors import DataError
 from pico.generate import dataset_card, generate_metrics, generate_rows
 from pico.prompt import check_context, longest_example_tokens
 from pico.io import progress_bar, sha256_file, write_json, write_jsonl, write_text
+from pico.spec import phrase_values, split_values
 from pico.stage import run_stage, stage_args
 from pico.teacher import TeacherClient, api_key_from_env
+from pico.tinystories import read_prepared
 from pico.tokenizer import load_tokenizer
 
 log = logging.getLogger("generate")
@@ -20,16 +27,20 @@ CACHE_README = "Teacher LLM responses, one JSON file per request, keyed by the r
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = stage_args(__doc__, ["tokenizer", "out-dir", "cache-dir", "metrics"], argv)
+    args = stage_args(__doc__, ["tokenizer", "train-text", "out-dir", "cache-dir", "metrics"], argv)
     params = load_params(args.params)
     cfg = params.generate
     client = None
     if cfg.provider == "openai":  # check the key before any work
         client = TeacherClient(cfg.teacher, args.cache_dir, api_key_from_env(os.environ, cfg.teacher), seed=cfg.seed)
     tok = load_tokenizer(args.tokenizer) if Path(args.tokenizer).is_file() else None  # for token stats
+    phrases = None
+    if cfg.phrase_values:  # training values cut from TinyStories; never a held-out value
+        text = "\n".join(read_prepared(args.train_text))
+        phrases = phrase_values(text, split_values(cfg.heldout_share, cfg.seed)[1], cfg.phrase_values)
     total = sum(cfg.sft_splits.values()) + sum(cfg.dpo_splits.values())
     with progress_bar(total=total, desc="generate", unit="row", leave=False) as bar:
-        result = generate_rows(cfg, client, progress=bar)
+        result = generate_rows(cfg, client, progress=bar, phrases=phrases)
     if tok is not None:  # the examples must fit the model that trains on them, before anything is written
         longest = longest_example_tokens(tok, [r for rows in result.rows.values() for r in rows])[1]
         check_context(params.model.max_seq_len, longest, "the SFT/DPO examples (prompt + story + end token)")

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 import logging
 from pathlib import Path
+
+# This checkout's pico, never another copy's: `dvc exp run --queue` runs stages in a temporary copy of the repo,
+# where an editable install would otherwise import the pico of the folder it was installed from.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# This checkout's pico, never another copy's: `dvc exp run --queue` runs stages in a temporary copy of the repo,
+# where an editable install would otherwise import the pico of the folder it was installed from.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pico.config import load_params
 from pico.download import ensure_source

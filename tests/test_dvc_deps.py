@@ -62,3 +62,25 @@ def test_stage_deps_are_exactly_the_code_it_runs(name):
     declared = {d for d in STAGES[name]["deps"] if d.startswith("pico/")}
     assert declared == pico_closure(REPO / "stages" / f"{name}.py"), name
     assert f"stages/{name}.py" in STAGES[name]["deps"]
+
+
+
+def test_every_stage_imports_the_pico_of_its_own_checkout(tmp_path):
+    """A queued `dvc exp run` runs the stages in a temporary copy of the repo; they must import that copy's pico
+    (the experiment's code), not the one an editable install points at (the workspace's)."""
+    import shutil
+    import subprocess
+    import sys
+
+    for script in sorted((REPO / "stages").glob("*.py")):
+        text = script.read_text(encoding="utf-8")
+        first_pico = min(text.index(s) for s in ("\nfrom pico", "\nimport pico") if s in text)
+        assert "sys.path.insert(0, str(Path(__file__).resolve().parents[1]))" in text[:first_pico], script.name
+    copy = tmp_path / "exp-copy"
+    shutil.copytree(REPO / "pico", copy / "pico", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "stages", copy / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    init = copy / "pico" / "__init__.py"
+    init.write_text(init.read_text(encoding="utf-8") + "\nprint('pico of the copy')\n", encoding="utf-8")
+    out = subprocess.run([sys.executable, str(copy / "stages" / "tokenizer.py"), "--help"], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert "pico of the copy" in out.stdout, out.stdout + out.stderr

@@ -273,7 +273,8 @@ def run_stage(tmp_path, params: dict, env: dict | None = None) -> subprocess.Com
     full = deep_update(yaml.safe_load((REPO / "params.yaml").read_text()), params)  # the repo's, some replaced
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(full))
     cmd = [sys.executable, str(REPO / "stages/generate.py"), "--params", str(tmp_path / "params.yaml"),
-           "--tokenizer", str(tmp_path / "none.json"), "--out-dir", str(tmp_path / "data"),
+           "--tokenizer", str(tmp_path / "none.json"), "--train-text", str(tmp_path / "none.txt"),
+           "--out-dir", str(tmp_path / "data"),
            "--cache-dir", str(tmp_path / "data/teacher_cache"), "--metrics", str(tmp_path / "metrics.json")]
     import os
 
@@ -336,3 +337,44 @@ def test_dense_spec_request_draws_distinct_specs_from_the_given_lists():
     values = {f: [f"{f}-a", f"{f}-b"] for f in FIELDS}  # 128 specs in all; asking for 100 takes the dense path
     specs = sample_specs(100, 0, values)
     assert len(set(specs)) == 100 and all(getattr(s, f) in values[f] for s in specs for f in FIELDS)
+
+
+def _phrases(sample_stories):
+    from pico.spec import phrase_values, split_values
+
+    cfg = small_cfg()
+    return phrase_values("\n".join(sample_stories), split_values(cfg.heldout_share, cfg.seed)[1], 500)
+
+
+def test_phrase_values_are_cut_from_the_text_and_never_held_out(sample_stories):
+    from pico.spec import PHRASE_FIELDS, split_values
+
+    phrases = _phrases(sample_stories)
+    text = "\n".join(sample_stories)
+    heldout = split_values(small_cfg().heldout_share, small_cfg().seed)[1]
+    for f in PHRASE_FIELDS:
+        assert len(phrases[f]) >= 20, f
+        assert not set(phrases[f]) & set(heldout[f])
+    assert all(v.removeprefix("never ") in text for v in phrases["taboo"])
+    assert all(v[0] in "ai" or v.startswith(("a ", "an ")) for v in phrases["object"])
+    assert phrases == _phrases(sample_stories)  # deterministic
+
+
+def test_phrases_widen_train_and_valid_only_and_every_row_passes_its_checks(sample_stories):
+    from pico.checks import check_story, failed_checks
+    from pico.spec import Spec, is_curated
+
+    phrases = _phrases(sample_stories)
+    plain, widened = generate_rows(small_cfg()), generate_rows(small_cfg(), phrases=phrases)
+    for key in [("sft", "test"), ("sft", "test_unseen"), ("dpo", "test")]:
+        assert widened.rows[key] == plain.rows[key], key  # the same test specs and stories with or without
+    train = widened.rows[("sft", "train")] + widened.rows[("dpo", "train")]
+    assert any(not is_curated(Spec.from_dict(r["spec"])) for r in train)
+    for row in widened.rows[("sft", "train")]:
+        assert not failed_checks(check_story(row["response"], Spec.from_dict(row["spec"])))
+    tests = {json.dumps(r["spec"], sort_keys=True) for key in [("sft", "test"), ("sft", "test_unseen"), ("dpo", "test")]
+             for r in widened.rows[key]}
+    assert not tests & {json.dumps(r["spec"], sort_keys=True) for r in train}
+    dropped = sum(widened.dropped.values())
+    assert dropped == sum(small_cfg().sft_splits.values()) + sum(small_cfg().dpo_splits.values()) - sum(
+        len(rows) for rows in widened.rows.values())

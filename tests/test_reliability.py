@@ -400,7 +400,8 @@ def test_ctrl_c_ends_a_stuck_generate_within_20_s_leaving_nothing_half_written(t
             "max_retries": 100, "concurrency": 4}}})
         set_params_file.write_text(yaml.safe_dump(params))
         cmd = [str(BIN / "python"), str(REPO_ROOT / "stages/generate.py"), "--params", str(set_params_file),
-               "--tokenizer", str(tmp_path / "none.json"), "--out-dir", str(tmp_path / "data"),
+               "--tokenizer", str(tmp_path / "none.json"), "--train-text", str(tmp_path / "none.txt"),
+           "--out-dir", str(tmp_path / "data"),
                "--cache-dir", str(tmp_path / "data/teacher_cache"), "--metrics", str(tmp_path / "metrics.json")]
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env({"PICO_TEST_TEACHER_KEY": "sk-test-0000"}),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
