@@ -266,18 +266,18 @@ def model_card(name: str, meta: dict, arch: str, sampling: SamplingConfig, datas
         how = (f"as `{arch}`, whose modeling code (`modeling_pico.py`, `configuration_pico.py`: torch and "
                f"transformers only) ships in this directory: `transformers` loads it with `trust_remote_code=True` "
                f"and no pico installed, and it gives pico's next-token log-probabilities")
-        load = "model = AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)"
+        trust = ", trust_remote_code=True"  # AutoTokenizer reads config.json too, and asks without it
     else:
         how = f"as `{arch}`: `transformers` loads it with no pico code, and it gives pico's logits"
-        load = "model = AutoModelForCausalLM.from_pretrained(DIR)"
+        trust = ""
     lines = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [pico, horror-stories]",
              "---", "", f"# pico {name}: a {m['n_layer']}-layer GPT that writes horror stories from a specification", "",
              f"Exported by `pico export` from a pico checkpoint (stage `{meta.get('stage')}`, step {meta.get('step')})"
              f" {how} (checked in pico's tests to 1e-4 in fp32).", "",
              "## Use", "", "```python",
              "from transformers import AutoModelForCausalLM, AutoTokenizer",
-             "tok = AutoTokenizer.from_pretrained(DIR)",
-             load,
+             f"tok = AutoTokenizer.from_pretrained(DIR{trust})",
+             f"model = AutoModelForCausalLM.from_pretrained(DIR{trust})",
              'spec = {"title": ..., "setting": ..., "protagonist": ..., "supporting": ..., "object": ..., '
              '"taboo": ..., "twist": ...}',
              'ids = tok.apply_chat_template([{"role": "user", "content": spec}], return_tensors="pt", '

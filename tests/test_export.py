@@ -259,6 +259,7 @@ def test_custom_config_json_has_auto_map_and_every_knob(tmp_path, tok):
     assert (out / "configuration_pico.py").is_file()
     card = (out / "README.md").read_text()
     assert "AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)" in card and "PicoForCausalLM" in card
+    assert "AutoTokenizer.from_pretrained(DIR, trust_remote_code=True)" in card
 
 
 def test_plain_model_stays_gpt2_and_the_default_model_is_pico(tok):
@@ -301,6 +302,31 @@ def test_custom_greedy_generate_gives_picos_greedy_text(tmp_path, tok, sample_st
     theirs = [hf_tok.decode(row[batch["input_ids"].shape[1]:], skip_special_tokens=True) for row in out]
     assert theirs == ours
     assert len(set(ours)) == 3 and all(ours)
+
+
+def test_sampling_generate_draws_from_picos_distribution_at_every_step(tmp_path, tok, sample_stories):
+    """What `generate` samples from at each step (its raw logits, before temperature and top-p) is pico's mixture
+    for the row's real tokens so far."""
+    model = train_briefly(tiny_copy_gpt(tok), tok, sample_stories)
+    hf, hf_tok = load_hf(export(tmp_path, model, tok), remote_code=True)
+    prompts = ["Once upon a time, there was a", "Tom and Sue went to the park. They saw a dog. Tom and Sue"]
+    batch = hf_tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(3)
+    out = hf.generate(**batch, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=12,
+                      no_repeat_ngram_size=0, output_logits=True, return_dict_in_generate=True)
+    width = batch["input_ids"].shape[1]
+    checked = 0
+    for r, prompt in enumerate(prompts):
+        real = tok.encode(prompt) + out.sequences[r, width:].tolist()
+        for step, step_logits in enumerate(out.logits):
+            context = real[: len(tok.encode(prompt)) + step]
+            if tok.eot_id in context[len(tok.encode(prompt)):]:
+                break  # the row ended; generate pads it from here
+            with torch.no_grad():
+                ours = model(torch.tensor([context]))[0, -1]
+            assert max_log_prob_gap(ours, step_logits[r]) < 1e-4
+            checked += 1
+    assert checked >= 12
 
 
 FRESH_LOAD = """
@@ -403,6 +429,7 @@ def test_pico_export_writes_a_directory_with_a_model_card(tmp_path, tok, capsys)
     card = (out / "README.md").read_text()
     assert "| val_bpb | 3.25 |" in card and "| unseen_pass_all | 0.125 |" in card
     assert '- purpose: "baseline"' in card and "- lr: 0.003" in card and "GPT2LMHeadModel" in card
+    assert "trust_remote_code" not in card  # a standard architecture: no code of ours to trust
     load_hf(out)
 
 
