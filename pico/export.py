@@ -222,7 +222,7 @@ def choose_architecture(cfg: ModelConfig, source: str) -> Architecture:
     """The first architecture that represents `cfg` exactly; an ExportError saying why none does."""
     if cfg.type != "transformer":
         raise ExportError(f"{source}: a {cfg.type} model is not exportable to a standard transformers "
-                          f"architecture nor to pico's own (only model.type: transformer is)")
+                          f"architecture or to pico's own (only model.type: transformer is)")
     reasons = {}
     for arch in ARCHITECTURES:
         reasons[arch.name] = arch.unsupported(cfg)

@@ -179,7 +179,7 @@ class PicoModel(PicoPreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, valid: torch.Tensor | None = None) -> BaseModelOutput:
         """valid (B, T) bool marks real tokens (None: no padding)."""
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds the context of {self.config.max_seq_len}")
         if valid is None:
