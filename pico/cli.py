@@ -519,8 +519,10 @@ def cmd_check(args) -> int:
 # ----------------------------------------------------------------------------------------------- export
 def add_export(sub) -> None:
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model directory (safetensors)",
-                       description="Write a transformer checkpoint as a directory `transformers` loads with no pico "
-                                   "code: config.json (GPT2LMHeadModel), model.safetensors, generation_config.json "
+                       description="Write a transformer checkpoint as a directory `transformers` loads without pico "
+                                   "installed: config.json (GPT2LMHeadModel for a plain model; PicoForCausalLM, "
+                                   "with its modeling code beside it and auto_map, for RoPE or the copy head: load "
+                                   "it with trust_remote_code=True), model.safetensors, generation_config.json "
                                    "(evaluate's sampling in --params), tokenizer.json, tokenizer_config.json with a "
                                    "chat template, and a model card README.md.")
     p.add_argument("--checkpoint", required=True)

@@ -7,8 +7,10 @@ approximation (`gelu_pytorch_tanh`), LayerNorm eps is 1e-5 and the output layer 
 
 An architecture is the pair of checks and maps below. A model it cannot represent exactly (another model type,
 a setting it does not know, a tensor it has no place for) is an ExportError naming what does not map, never a
-silently dropped tensor. A later architecture (a modeling file beside the weights and `auto_map`, for settings
-no standard architecture has) is one more entry in ARCHITECTURES.
+silently dropped tensor. ARCHITECTURES is tried in order: GPT-2 first, so a plain model stays a standard
+architecture; then `PicoForCausalLM`, for the settings no standard architecture has (RoPE, the copy head): its
+modeling code (pico/hf_modeling/, torch and transformers only) is copied beside the weights and config.json's
+`auto_map` points at it, the way the ecosystem ships custom architectures (loaded with `trust_remote_code=True`).
 
 Functions here return dicts and strings; `write_export` is the one that writes.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -128,18 +130,91 @@ def gpt2_tensors(weights: Tensors) -> Tensors:
     return out
 
 
+# ----------------------------------------------------------------------------------------------- PicoForCausalLM
+# The modeling code shipped beside the weights (torch and transformers only, no pico import).
+HF_MODELING_DIR = Path(__file__).with_name("hf_modeling")
+PICO_CODE_FILES = ("configuration_pico.py", "modeling_pico.py")
+PICO_AUTO_MAP = {"AutoConfig": "configuration_pico.PicoConfig", "AutoModelForCausalLM": "modeling_pico.PicoForCausalLM"}
+
+# Every transformer setting pico has, under the name PicoConfig gives it (the same). `k` is the k-gram model's
+# context, which a transformer does not read: known, and not written. A knob added to pico later stops the export
+# until PicoConfig and this list know it.
+PICO_SETTINGS: dict[str, object] = {"type": "transformer", "d_model": None, "n_layer": None, "n_head": None,
+                                    "max_seq_len": None, "dropout": None, "k": None, "mlp_ratio": None,
+                                    "pos_encoding": None, "copy_head": None, "copy_dim": None,
+                                    "copy_value_key": None, "copy_min_gap": None}
+PICO_UNUSED_SETTINGS = ("type", "k")  # `type` is the architecture itself; `k` is the k-gram model's
+
+
+def pico_config(cfg: ModelConfig, vocab_size: int, eot_id: int) -> dict:
+    """config.json of PicoForCausalLM: `auto_map` to the shipped code, and every transformer knob of `cfg`."""
+    knobs = {k: v for k, v in asdict(cfg).items() if k not in PICO_UNUSED_SETTINGS}
+    return {
+        "architectures": ["PicoForCausalLM"],
+        "model_type": "pico_gpt",
+        "auto_map": dict(PICO_AUTO_MAP),
+        "vocab_size": vocab_size,
+        **knobs,
+        "tie_word_embeddings": True,
+        "bos_token_id": eot_id, "eos_token_id": eot_id, "pad_token_id": eot_id,
+        "use_cache": False,  # it recomputes the sequence each step (modeling_pico.py's docstring)
+        "dtype": "float32",
+    }
+
+
+def pico_tensors(weights: Tensors) -> Tensors:
+    """pico's state dict under PicoForCausalLM's names: the body under `transformer.`, the copy head as it is,
+    the output layer tied to the embedding (not stored). A tensor no rule places is an ExportError naming it."""
+    head = weights.get("head.weight")
+    if head is None or "wte.weight" not in weights or not torch.equal(head, weights["wte.weight"]):
+        raise ExportError("head.weight: the output layer is not tied to the embedding wte.weight, and "
+                          "PicoForCausalLM ties them; this checkpoint cannot be exported")
+    body = re.compile(r"(wte|wpe|ln_f)\.weight|blocks\.\d+\.(ln1|ln2|attn\.qkv|attn\.proj|mlp\.fc|mlp\.proj)\.weight")
+    copy = re.compile(r"copy\.(q|k_hidden|k_embed|k_value)\.weight|copy\.sentinel\.(weight|bias)")
+    out: Tensors = {}
+    unmapped = []
+    for name, tensor in weights.items():
+        if name == "head.weight":
+            continue
+        if body.fullmatch(name):
+            out[f"transformer.{name}"] = tensor.detach().cpu().clone()
+        elif copy.fullmatch(name):
+            out[name] = tensor.detach().cpu().clone()
+        else:
+            unmapped.append(name)
+    if unmapped:
+        raise ExportError(f"tensors with no place in PicoForCausalLM: {', '.join(unmapped)}; "
+                          f"exporting without them would change the model")
+    return out
+
+
+def pico_code_files() -> dict[str, str]:
+    """{file name: source} of the modeling code an export of PicoForCausalLM ships."""
+    return {name: (HF_MODELING_DIR / name).read_text(encoding="utf-8") for name in PICO_CODE_FILES}
+
+
+# ----------------------------------------------------------------------------------------------- choosing
 @dataclass(frozen=True)
 class Architecture:
-    """How one transformers architecture represents pico's GPT: what it cannot, its config, its tensors."""
+    """How one transformers architecture represents pico's GPT: what it cannot, its config, its tensors, and the
+    code files shipped beside the weights (none for a standard architecture)."""
 
     name: str
     unsupported: Callable[[ModelConfig], list[str]]
     config: Callable[[ModelConfig, int, int], dict]
     tensors: Callable[[Tensors], Tensors]
+    code_files: Callable[[], dict[str, str]] = field(default=dict)
+
+    @property
+    def remote_code(self) -> bool:
+        """Whether loading it takes `trust_remote_code=True` (it ships its own modeling code)."""
+        return bool(self.code_files())
 
 
 ARCHITECTURES = [
     Architecture("GPT2LMHeadModel", lambda cfg: unsupported_settings(cfg, GPT2_SETTINGS), gpt2_config, gpt2_tensors),
+    Architecture("PicoForCausalLM", lambda cfg: unsupported_settings(cfg, PICO_SETTINGS), pico_config, pico_tensors,
+                 pico_code_files),
 ]
 
 
@@ -147,7 +222,7 @@ def choose_architecture(cfg: ModelConfig, source: str) -> Architecture:
     """The first architecture that represents `cfg` exactly; an ExportError saying why none does."""
     if cfg.type != "transformer":
         raise ExportError(f"{source}: a {cfg.type} model is not exportable to a standard transformers "
-                          f"architecture (only model.type: transformer is)")
+                          f"architecture or to pico's own (only model.type: transformer is)")
     reasons = {}
     for arch in ARCHITECTURES:
         reasons[arch.name] = arch.unsupported(cfg)
@@ -183,18 +258,26 @@ def _metric_rows(metrics: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 
 def model_card(name: str, meta: dict, arch: str, sampling: SamplingConfig, dataset: dict | None,
-               evaluation: dict | None) -> str:
-    """README.md of an export: what the model is, what it was trained on and with, how it scored, how to load it."""
+               evaluation: dict | None, remote_code: bool = False) -> str:
+    """README.md of an export: what the model is, what it was trained on and with, how it scored, how to load it.
+    `remote_code`: the architecture's modeling code ships in the directory (loaded with trust_remote_code=True)."""
     m = meta["model"]
+    if remote_code:
+        how = (f"as `{arch}`, whose modeling code (`modeling_pico.py`, `configuration_pico.py`: torch and "
+               f"transformers only) ships in this directory: `transformers` loads it with `trust_remote_code=True` "
+               f"and no pico installed, and it gives pico's next-token log-probabilities")
+        trust = ", trust_remote_code=True"  # AutoTokenizer reads config.json too, and asks without it
+    else:
+        how = f"as `{arch}`: `transformers` loads it with no pico code, and it gives pico's logits"
+        trust = ""
     lines = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [pico, horror-stories]",
              "---", "", f"# pico {name}: a {m['n_layer']}-layer GPT that writes horror stories from a specification", "",
              f"Exported by `pico export` from a pico checkpoint (stage `{meta.get('stage')}`, step {meta.get('step')})"
-             f" as `{arch}`: `transformers` loads it with no pico code, and it gives pico's logits (checked in "
-             f"pico's tests to 1e-4 in fp32).", "",
+             f" {how} (checked in pico's tests to 1e-4 in fp32).", "",
              "## Use", "", "```python",
              "from transformers import AutoModelForCausalLM, AutoTokenizer",
-             "tok = AutoTokenizer.from_pretrained(DIR)",
-             "model = AutoModelForCausalLM.from_pretrained(DIR)",
+             f"tok = AutoTokenizer.from_pretrained(DIR{trust})",
+             f"model = AutoModelForCausalLM.from_pretrained(DIR{trust})",
              'spec = {"title": ..., "setting": ..., "protagonist": ..., "supporting": ..., "object": ..., '
              '"taboo": ..., "twist": ...}',
              'ids = tok.apply_chat_template([{"role": "user", "content": spec}], return_tensors="pt", '
@@ -227,7 +310,8 @@ def model_card(name: str, meta: dict, arch: str, sampling: SamplingConfig, datas
 def not_exported_card(name: str, reason: str) -> str:
     """README.md of a checkpoint the pipeline could not export, saying why (the ExportError's message)."""
     return (f"# pico {name}: not exported\n\n{reason}\n\nOnly model.type: transformer checkpoints whose every "
-            f"setting and tensor maps onto a transformers architecture are exported.\n")
+            f"setting and tensor maps onto a transformers architecture (a standard one, or pico's own shipped "
+            f"as code) are exported.\n")
 
 
 # ----------------------------------------------------------------------------------------------- write
@@ -240,10 +324,11 @@ def export_files(name: str, model: torch.nn.Module, meta: dict, tok: Tokenizer, 
     return {
         "config.json": dumps_json(arch.config(cfg, model.vocab_size, tok.eot_id)),
         "model.safetensors": arch.tensors(weights),
+        **arch.code_files(),
         "generation_config.json": dumps_json(generation_config(sampling, tok.eot_id)),
         "tokenizer.json": json.dumps(tokenizer_json(tok), ensure_ascii=False) + "\n",
         "tokenizer_config.json": dumps_json(tokenizer_config(tok, cfg.max_seq_len)),
-        "README.md": model_card(name, meta, arch.name, sampling, dataset, evaluation),
+        "README.md": model_card(name, meta, arch.name, sampling, dataset, evaluation, arch.remote_code),
     }
 
 

@@ -1,6 +1,7 @@
 """Stage `export`: the SFT and DPO checkpoints as Hugging Face model directories (exports/sft/, exports/dpo/):
 config.json, model.safetensors, generation_config.json (evaluate's sampling), tokenizer files and a model card
-with the data, the training settings and each checkpoint's evaluation numbers.
+with the data, the training settings and each checkpoint's evaluation numbers; for a model with RoPE or the copy
+head (the default), also its modeling code (PicoForCausalLM, loaded with trust_remote_code=True).
 
 A checkpoint no architecture represents exactly (an LSTM or k-gram model, a setting the mapping does not know)
 gets a directory holding only README.md that says why, and a warning: a `dvc exp run -S model.type=lstm`

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -16,7 +17,8 @@ import transformers
 from pico.checkpoint import load_checkpoint, save_checkpoint
 from pico.cli import main
 from pico.errors import ExportError
-from pico.export import GPT2_SETTINGS, export_files, gpt2_tensors, unsupported_settings, write_export
+from pico.export import (GPT2_SETTINGS, choose_architecture, export_files, gpt2_tensors, pico_tensors,
+                         unsupported_settings, write_export)
 from pico.model import build_model
 from pico.prompt import build_prompt, encode_prompt
 from pico.sampling import SamplingConfig, sample
@@ -37,9 +39,13 @@ def export(tmp_path, model, tok, name="sft", **kw):
     return out
 
 
-def load_hf(path):
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    return model.eval(), transformers.AutoTokenizer.from_pretrained(path)
+def load_hf(path, remote_code=False):
+    """The export as transformers loads it; `remote_code`: it ships its modeling code (trust_remote_code=True).
+    Every tensor of the architecture must come from model.safetensors (none missing, none left over)."""
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, trust_remote_code=remote_code, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    return model.eval(), transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=remote_code)
 
 
 def tiny_gpt(tok, seed=0, **kw):
@@ -47,6 +53,30 @@ def tiny_gpt(tok, seed=0, **kw):
     plain = {"pos_encoding": "learned", "copy_head": False}  # GPT-2's shape; params.yaml's default has a copy head
     cfg = config("model", type="transformer", d_model=32, n_layer=2, n_head=2, max_seq_len=128, **{**plain, **kw})
     return build_model(cfg, tok.vocab_size).eval()
+
+
+COPY_SCALE = 30.0  # the copy head's weights at their initialisation give it ~no say; scaled, copying dominates
+
+
+def tiny_copy_gpt(tok, seed=0, **kw):
+    """params.yaml's default shape in small (RoPE, a copy head), with the copy head's weights scaled up so the
+    mixture's copy side carries real mass (checked by `copying_matters`)."""
+    settings = {"pos_encoding": "rope", "copy_head": True, "copy_dim": 16, "copy_value_key": True,
+                "copy_min_gap": 4, **kw}
+    model = tiny_gpt(tok, seed, **settings)
+    if model.copy is not None:
+        with torch.no_grad():
+            for p in model.copy.parameters():
+                p.mul_(COPY_SCALE)
+    return model
+
+
+def copying_matters(model, ids) -> float:
+    """Largest change the copy head makes to a log-prob on `ids`: the mixture against the vocabulary side alone."""
+    with torch.no_grad():
+        mixture = model(ids)
+        vocab_only = torch.log_softmax(model.head(model(ids, return_hidden=True)).float(), dim=-1)
+    return (mixture - vocab_only).abs().max().item()
 
 
 def train_briefly(model, tok, stories, steps=30):
@@ -183,6 +213,170 @@ def test_generation_config_has_the_evaluation_sampling_and_the_end_token(tmp_pat
                                                                          ev.max_new_tokens)
 
 
+# ---------------------------------------------------------------------------------------------- pico's own architecture
+CUSTOM_SETTINGS = {
+    "rope_copy": {},  # params.yaml's default: RoPE, a copy head whose keys see the value, a gap
+    "rope_copy_gap1_no_value_key": {"copy_value_key": False, "copy_min_gap": 1},
+    "learned_copy": {"pos_encoding": "learned"},
+    "rope_no_copy": {"copy_head": False},
+}
+
+
+def max_log_prob_gap(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return (torch.log_softmax(ours.float(), -1) - torch.log_softmax(theirs.float(), -1)).abs().max().item()
+
+
+@pytest.mark.parametrize("trained", [False, True])
+@pytest.mark.parametrize("which", list(CUSTOM_SETTINGS))
+def test_custom_architecture_gives_picos_log_probs(tmp_path, tok, sample_stories, which, trained):
+    model = tiny_copy_gpt(tok, **CUSTOM_SETTINGS[which])
+    if trained:
+        model = train_briefly(model, tok, sample_stories)
+    out = export(tmp_path, model, tok)
+    hf, _ = load_hf(out, remote_code=True)
+    assert type(hf).__name__ == "PicoForCausalLM"
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied, as pico's head
+    story = torch.tensor(tok.encode(" ".join(sample_stories[:5]))[: model.cfg.max_seq_len]).unsqueeze(0)
+    ids = torch.cat([story, torch.randint(0, tok.vocab_size, (2, story.shape[1]),
+                                          generator=torch.Generator().manual_seed(1))])
+    if model.copy is not None:
+        assert copying_matters(model, ids) > 1.0  # the copy side changes log-probs by more than a nat
+    with torch.no_grad():
+        ours, theirs = model(ids), hf(ids).logits
+    assert ours.shape == theirs.shape
+    assert max_log_prob_gap(ours, theirs) < 1e-4
+
+
+def test_custom_config_json_has_auto_map_and_every_knob(tmp_path, tok):
+    model = tiny_copy_gpt(tok)
+    out = export(tmp_path, model, tok)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["PicoForCausalLM"] and cfg["model_type"] == "pico_gpt"
+    assert cfg["auto_map"] == {"AutoConfig": "configuration_pico.PicoConfig",
+                               "AutoModelForCausalLM": "modeling_pico.PicoForCausalLM"}
+    knobs = {k: v for k, v in dataclasses.asdict(model.cfg).items() if k not in ("type", "k")}
+    assert {k: cfg[k] for k in knobs} == knobs and cfg["vocab_size"] == tok.vocab_size
+    assert (out / "modeling_pico.py").read_text() == (REPO / "pico/hf_modeling/modeling_pico.py").read_text()
+    assert (out / "configuration_pico.py").is_file()
+    card = (out / "README.md").read_text()
+    assert "AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)" in card and "PicoForCausalLM" in card
+    assert "AutoTokenizer.from_pretrained(DIR, trust_remote_code=True)" in card
+
+
+def test_plain_model_stays_gpt2_and_the_default_model_is_pico(tok):
+    assert choose_architecture(tiny_gpt(tok).cfg, "x").name == "GPT2LMHeadModel"
+    assert choose_architecture(config("model"), "x").name == "PicoForCausalLM"  # params.yaml's model exports
+    assert choose_architecture(tiny_copy_gpt(tok, copy_head=False).cfg, "x").name == "PicoForCausalLM"  # RoPE alone
+
+
+@pytest.mark.parametrize("which", ["rope_copy", "learned_copy"])  # RoPE is blind to a row's shift; learned is not
+def test_left_padded_batch_gives_picos_cached_log_probs(tmp_path, tok, sample_stories, which):
+    """pico decodes a left-padded batch through its cache with `valid`; the export takes the attention mask."""
+    model = train_briefly(tiny_copy_gpt(tok, **CUSTOM_SETTINGS[which]), tok, sample_stories)
+    hf, _ = load_hf(export(tmp_path, model, tok), remote_code=True)
+    rows = [tok.encode(s)[:n] for s, n in zip(sample_stories[5:8], (60, 23, 41))]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tok.eot_id)
+    valid = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):], valid[i, width - len(r):] = torch.tensor(r), True
+    assert not valid.all()
+    with torch.no_grad():
+        ours = model(ids, cache=model.new_cache(len(rows), width), valid=valid)
+        theirs = hf(ids, attention_mask=valid.long()).logits
+    assert max_log_prob_gap(ours[valid], theirs[valid]) < 1e-4  # padded positions predict nothing
+    with torch.no_grad():  # and a row alone, unpadded, as pico's plain forward
+        alone = hf(torch.tensor([rows[1]])).logits[0]
+    assert max_log_prob_gap(model(torch.tensor([rows[1]]))[0], alone) < 1e-4
+
+
+def test_custom_greedy_generate_gives_picos_greedy_text(tmp_path, tok, sample_stories):
+    model = train_briefly(tiny_copy_gpt(tok), tok, sample_stories)
+    hf, hf_tok = load_hf(export(tmp_path, model, tok), remote_code=True)
+    prompts = ["Once upon a time, there was a", "Tom and Sue went to the park. They saw a dog. Tom and Sue",
+               build_prompt(ODD)[-60:]]
+    greedy = SamplingConfig(temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=40, no_repeat_ngram=0, seed=0)
+    ours = [tok.decode(ids) for ids in sample(model, [tok.encode(p) for p in prompts], greedy, tok.eot_id)]
+    batch = hf_tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)  # left-padded, together
+    assert not batch["attention_mask"].bool().all()
+    out = hf.generate(**batch, do_sample=False, no_repeat_ngram_size=0, max_new_tokens=40)
+    theirs = [hf_tok.decode(row[batch["input_ids"].shape[1]:], skip_special_tokens=True) for row in out]
+    assert theirs == ours
+    assert len(set(ours)) == 3 and all(ours)
+
+
+def test_sampling_generate_draws_from_picos_distribution_at_every_step(tmp_path, tok, sample_stories):
+    """What `generate` samples from at each step (its raw logits, before temperature and top-p) is pico's mixture
+    for the row's real tokens so far."""
+    model = train_briefly(tiny_copy_gpt(tok), tok, sample_stories)
+    hf, hf_tok = load_hf(export(tmp_path, model, tok), remote_code=True)
+    prompts = ["Once upon a time, there was a", "Tom and Sue went to the park. They saw a dog. Tom and Sue"]
+    batch = hf_tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(3)
+    out = hf.generate(**batch, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=12,
+                      no_repeat_ngram_size=0, output_logits=True, return_dict_in_generate=True)
+    width = batch["input_ids"].shape[1]
+    checked = 0
+    for r, prompt in enumerate(prompts):
+        real = tok.encode(prompt) + out.sequences[r, width:].tolist()
+        for step, step_logits in enumerate(out.logits):
+            context = real[: len(tok.encode(prompt)) + step]
+            if tok.eot_id in context[len(tok.encode(prompt)):]:
+                break  # the row ended; generate pads it from here
+            with torch.no_grad():
+                ours = model(torch.tensor([context]))[0, -1]
+            assert max_log_prob_gap(ours, step_logits[r]) < 1e-4
+            checked += 1
+    assert checked >= 12
+
+
+FRESH_LOAD = """
+import importlib.abc, json, sys
+class NoPico(importlib.abc.MetaPathFinder):  # pico is installed in this venv (editable): make it unimportable
+    def find_spec(self, name, path=None, target=None):
+        if name == "pico" or name.startswith("pico."):
+            raise ImportError(f"{name}: an export must load without pico")
+sys.meta_path.insert(0, NoPico())
+import torch, transformers
+model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True, dtype=torch.float32)
+ids = torch.tensor(json.loads(sys.argv[2]))
+with torch.no_grad():
+    log_probs = torch.log_softmax(model.eval()(ids).logits, -1)
+assert not [m for m in sys.modules if m == "pico" or m.startswith("pico.")]
+print(json.dumps({"type": type(model).__name__, "log_probs": log_probs[0, :, :8].tolist()}))
+"""
+
+
+def test_export_loads_in_a_fresh_process_that_cannot_import_pico(tmp_path, tok):
+    model = tiny_copy_gpt(tok)
+    out = export(tmp_path, model, tok)
+    ids = [[5, 9, 13, 5, 9, 13, 5, 9, 13, 5, 9, 13, 5, 9]]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")  # the shipped code is copied here, not under ~
+    proc = subprocess.run([sys.executable, "-c", FRESH_LOAD, str(out), json.dumps(ids)], check=False,
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["type"] == "PicoForCausalLM"
+    with torch.no_grad():
+        ours = torch.log_softmax(model(torch.tensor(ids)), -1)[0, :, :8]
+    assert (ours - torch.tensor(got["log_probs"])).abs().max().item() < 1e-4
+    blocked = subprocess.run([sys.executable, "-c", FRESH_LOAD.split("import torch")[0] + "import pico"],
+                             check=False, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert blocked.returncode != 0 and "an export must load without pico" in blocked.stderr  # the guard works
+
+
+def test_a_tensor_with_no_place_in_the_custom_architecture_is_an_error_naming_it(tok):
+    weights = dict(tiny_copy_gpt(tok).state_dict())
+    weights["copy.gate.weight"] = torch.zeros(3)
+    with pytest.raises(ExportError, match=r"no place in PicoForCausalLM: copy\.gate\.weight"):
+        pico_tensors(weights)
+    weights.pop("copy.gate.weight")
+    weights["head.weight"] = weights["head.weight"].clone() + 1
+    with pytest.raises(ExportError, match="head.weight: the output layer is not tied"):
+        pico_tensors(weights)
+
+
 # ----------------------------------------------------------------------------------------------- what does not map
 @pytest.mark.parametrize("kind", ["lstm", "kgram_mlp"])
 def test_lstm_and_kgram_are_not_exportable(tmp_path, tok, kind):
@@ -234,6 +428,7 @@ def test_pico_export_writes_a_directory_with_a_model_card(tmp_path, tok, capsys)
     card = (out / "README.md").read_text()
     assert "| val_bpb | 3.25 |" in card and "| unseen_pass_all | 0.125 |" in card
     assert '- purpose: "baseline"' in card and "- lr: 0.003" in card and "GPT2LMHeadModel" in card
+    assert "trust_remote_code" not in card  # a standard architecture: no code of ours to trust
     load_hf(out)
 
 
@@ -251,7 +446,7 @@ def test_pico_export_of_an_lstm_is_one_line_naming_the_file(tmp_path, tok, capsy
 
 def test_stage_exports_both_checkpoints_and_explains_an_unexportable_one(tmp_path, tok):
     tok.save(tmp_path / "tokenizer.json")
-    save(tmp_path / "sft.pt", tiny_gpt(tok), tok)
+    save(tmp_path / "sft.pt", tiny_copy_gpt(tok), tok)  # params.yaml's shape: RoPE and a copy head
     lstm = build_model(config("model", type="lstm", d_model=16, n_layer=1, max_seq_len=64), tok.vocab_size)
     save(tmp_path / "dpo.pt", lstm, tok, stage="dpo")
     (tmp_path / "evaluate.json").write_text(json.dumps({"sft": {"val_bpb": 3.25}}))
@@ -263,14 +458,16 @@ def test_stage_exports_both_checkpoints_and_explains_an_unexportable_one(tmp_pat
            "--dpo-out", str(tmp_path / "exports/dpo")]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "exports/sft/model.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "exports/sft").iterdir()) == [
+        "README.md", "config.json", "configuration_pico.py", "generation_config.json", "model.safetensors",
+        "modeling_pico.py", "tokenizer.json", "tokenizer_config.json"]
     assert [p.name for p in (tmp_path / "exports/dpo").iterdir()] == ["README.md"]
     assert "a lstm model is not exportable" in (tmp_path / "exports/dpo/README.md").read_text()
     assert "not exported" in proc.stderr
     assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["dpo", "sft"]  # no temp folders left
     reloaded = load_checkpoint(tmp_path / "sft.pt", tokenizer_hash=tok.hash).model
-    hf, _ = load_hf(tmp_path / "exports/sft")
-    ids = torch.arange(20).unsqueeze(0)
+    hf, _ = load_hf(tmp_path / "exports/sft", remote_code=True)
+    ids = torch.arange(20).repeat(2).unsqueeze(0)  # a repeat: the copy head has something to point at
     with torch.no_grad():
-        assert (reloaded.eval()(ids) - hf(ids).logits).abs().max().item() < 1e-4
+        assert max_log_prob_gap(reloaded.eval()(ids), hf(ids).logits) < 1e-4
 
