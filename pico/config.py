@@ -131,6 +131,7 @@ class DPOConfig(FinetuneConfig):
     beta: float = knob("strength of the KL anchor to the reference", "(0, 1000]")
     label_smoothing: float = knob("conservative DPO epsilon", "[0, 0.5)")
     loss_type: Literal["sigmoid", "ipo"] = knob("sigmoid (DPO) or ipo")
+    rpo_alpha: float = knob("weight of the chosen story's mean token NLL added to the loss (RPO); 0 = off", "[0, 100]")
 
 
 @dataclass(frozen=True, kw_only=True)

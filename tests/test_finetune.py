@@ -107,6 +107,19 @@ def test_policy_equal_to_reference_gives_log2_and_zero_rewards(tok):
     assert stats["rewards/margins"].item() == pytest.approx(0.0, abs=1e-4)
 
 
+def test_rpo_alpha_adds_the_chosen_mean_token_nll(tok):
+    pairs = tiny_pairs(tok)
+    model = tiny_model(tok).eval()
+    batch = dpo_batch(with_reference(pairs, pair_logps(model, pairs, 3, torch.device("cpu"))))
+    plain, _ = dpo_batch_loss(model, batch, beta=0.1)
+    rpo, stats = dpo_batch_loss(model, batch, beta=0.1, rpo_alpha=0.5)
+    chosen = pair_logps(model, pairs, 3, torch.device("cpu"))[:, 0]
+    n_chosen = torch.tensor([p.n_tokens[0] for p in pairs], dtype=torch.float32)
+    expected_nll = (-chosen / n_chosen).sum()
+    assert stats["nll/chosen"].item() == pytest.approx(expected_nll.item(), rel=1e-5)
+    assert rpo.item() == pytest.approx(plain.item() + 0.5 * expected_nll.item(), rel=1e-5)
+
+
 def test_reference_logps_match_a_direct_computation(tok):
     pairs = tiny_pairs(tok)
     model = tiny_model(tok).eval()

@@ -123,7 +123,7 @@ def dpo(cfg: DPOConfig, sft_ckpt: Checkpoint, tok: Tokenizer, train_rows: list[d
                                lambda idx: dpo_batch([pairs[i] for i in idx]))
 
     loss_fn = functools.partial(dpo_batch_loss, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
-                                loss_type=cfg.loss_type)
+                                loss_type=cfg.loss_type, rpo_alpha=cfg.rpo_alpha)
     valid_batches = batches(valid_pairs).all_in_order()
     evaluate = functools.partial(evaluate_loss, batches=valid_batches, loss_fn=loss_fn, device=device, dtype=dtype)
     disable_dropout(sft_ckpt.model)
