@@ -12,13 +12,14 @@ from pico.stats import paired_difference, seeds_difference
 # headline is the pass rate on specs made of values no training data used
 KEY_METRICS = ["unseen_pass_all", "seen_pass_all", "unseen_pass_mean", "sft_test_unseen_loss", "sft_test_loss",
                "pref_acc_logp", "pref_acc_logp_norm", "dpo_test_pref_acc", "dpo_test_reward_margin", "val_bpb",
-               "unseen_repeated_4gram_rate"]
+               "unseen_repeated_4gram_rate", "induction_nll_second", "field_copy_nll_taboo", "field_copy_nll_twist",
+               "field_first_acc_taboo", "field_first_acc_twist"]
 ALPHA = 0.05  # a difference with p below this is reported as more than noise
 # substrings that decide a metric's direction; the first match wins
 NEUTRAL = ("n_words", "n_paragraphs", "steps", "params", "tokens", "rows", "pairs", "speed", "seconds", "best_step",
            "stories", "bytes", "vocab", "n_rows", "_chars", "_tokens", "stopped_early", "logps/", "unigram",
            "dropped", "truncated", "kept", "lr", "grad_norm")
-LOWER_BETTER = ("loss", "bpb", "repeated_4gram_rate", "perplexity", "rewards/rejected")
+LOWER_BETTER = ("loss", "bpb", "repeated_4gram_rate", "perplexity", "rewards/rejected", "nll")
 
 
 def direction(metric: str) -> int:

@@ -22,7 +22,8 @@ def test_the_recipes_chain_without_dvc(tok, sample_stories, tmp_path):
                     tokens[:20000], tokens[20000:30000])
     assert base.result.steps_done == 4 and len(base.result.train_curve) == 4 and len(base.result.val_curve) == 2
     assert {"train_loss", "val_loss", "val_bpb", "unigram_val_loss", "params"} <= base.metrics.keys()
-    assert base.metrics["val_loss"] < np.log(tok.vocab_size)
+    first, last = base.result.val_curve[0]["val_loss"], base.result.val_curve[-1]["val_loss"]
+    assert last < first  # it learned (a fresh copy head spreads mass over the context: ln V is no bound here)
 
     rows = generate_rows(config("generate", sft_splits={"train": 4, "valid": 2, "test": 2, "test_unseen": 2},
                                 dpo_splits={"train": 4, "valid": 2, "test": 2})).rows

@@ -73,8 +73,9 @@ def test_generation_stops_at_eos_and_never_returns_it():
 
 def test_max_new_tokens_and_context_limit():
     model = Scripted([7] * 100)
-    assert len(sample(model, [[1, 2, 3]], sampling(temperature=0, max_new_tokens=5), eos_id=0)[0]) == 5
-    assert len(sample(model, [[1, 2, 3]], sampling(temperature=0, max_new_tokens=500), eos_id=0)[0]) == 61
+    greedy = {"temperature": 0, "no_repeat_ngram": 0}  # the scripted model repeats itself
+    assert len(sample(model, [[1, 2, 3]], sampling(**greedy, max_new_tokens=5), eos_id=0)[0]) == 5
+    assert len(sample(model, [[1, 2, 3]], sampling(**greedy, max_new_tokens=500), eos_id=0)[0]) == 61
     with pytest.raises(ValueError, match="context is 64"):
         sample(model, [[1] * 64], sampling(), eos_id=0)
 

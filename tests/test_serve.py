@@ -206,7 +206,8 @@ def test_generate_stage_with_pico_serve_as_its_teacher(serve, model, tok, tmp_pa
                     "max_tokens": 24, "max_attempts": 2, "concurrency": 4, "backoff_s": 0.0}}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     cmd = [sys.executable, str(REPO / "stages/generate.py"), "--params", str(tmp_path / "params.yaml"),
-           "--tokenizer", str(tmp_path / "none.json"), "--out-dir", str(tmp_path / "data"),
+           "--tokenizer", str(tmp_path / "none.json"), "--train-text", str(tmp_path / "none.txt"),
+           "--out-dir", str(tmp_path / "data"),
            "--cache-dir", str(tmp_path / "data/teacher_cache"), "--metrics", str(tmp_path / "metrics.json")]
 
     def run():
