@@ -1,8 +1,7 @@
 """Typed, validated configuration: one frozen dataclass per params.yaml section, the one source of values.
 
 Each field carries its type, range and help (`knob`, pico/knobs.py), never a default: a missing key is an error.
-A bad value fails before any work, naming the key (`params: dpo.beta: ...`). `pico params` lists every key.
-"""
+A bad value fails before any work, naming the key (`params: dpo.beta: ...`). `pico params` lists every key."""
 
 from __future__ import annotations
 
@@ -20,8 +19,7 @@ UNSEEN = "test_unseen"  # SFT specs made only of held-out values
 SFT_SPLITS = (*SPLITS, UNSEEN)
 PURPOSES = ("baseline_comparison", "model_comparison", "hyperparameter_tuning", "ablation_study",
             "prompt_effectiveness", "data_quality_impact", "scaling_study", "uncategorized")
-SLUG = r"[a-z0-9][a-z0-9_\-]*"
-SEED = "[0, 4294967296)"
+SLUG, SEED = r"[a-z0-9][a-z0-9_\-]*", "[0, 4294967296)"  # an experiment/purpose name; the range of a seed
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -76,14 +74,13 @@ class ModelConfig(Section):
     def validate(self) -> None:
         if self.type == "transformer":
             self.require(self.d_model % self.n_head == 0, "n_head", f"must divide model.d_model ({self.d_model})")
-            rope_even = self.pos_encoding != "rope" or (self.d_model // self.n_head) % 2 == 0
-            self.require(rope_even, "pos_encoding", "rope needs an even head size (d_model / n_head)")
+            even = self.pos_encoding != "rope" or self.d_model // self.n_head % 2 == 0
+            self.require(even, "pos_encoding", "rope needs an even head size (d_model / n_head)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(Section):
     """What the one training loop needs; pretrain, sft and dpo each have their own copy of these knobs."""
-
     seed: int = knob("seed of initialisation and batch order", SEED)
     device: Device = knob("auto picks cuda, then mps, then cpu")
     precision: Precision = knob("bf16 autocast, fp32 weights; auto: bf16 where native (CUDA, AVX512-BF16/AMX CPUs)")
@@ -162,17 +159,16 @@ class GenerateConfig(Section):
     dpo_splits: dict[str, int] = knob("pairs per split: train, valid, test")
     heldout_share: float = knob("share of every value list kept out of train/valid/test, for test_unseen", "(0, 0.9]")
     pair_difficulty: Literal["easy", "hard"] | float = knob("easy, hard, or the share of hard pairs in [0, 1]")
-    phrase_values: int = knob("values per field cut from TinyStories, added to train/valid draws (0 = none)", "[0, 100000]")
+    phrase_values: int = knob("values per field cut from TinyStories for train/valid specs (0 = none)", "[0, 100000]")
     teacher: TeacherConfig = knob("the teacher LLM (provider: openai)")
 
     def validate(self) -> None:
         for name, keys in (("sft_splits", SFT_SPLITS), ("dpo_splits", SPLITS)):
-            splits = getattr(self, name)
-            self.require(set(splits) == set(keys), name, f"must have exactly the keys {', '.join(keys)}")
-            for split, n in splits.items():
+            self.require(set(getattr(self, name)) == set(keys), name, f"must have exactly the keys {', '.join(keys)}")
+            for split, n in getattr(self, name).items():
                 self.require(n >= 1, f"{name}.{split}", f"must be >= 1 (got {n})")
-        if isinstance(self.pair_difficulty, float):
-            self.require(0 <= self.pair_difficulty <= 1, "pair_difficulty", "must be easy, hard or a share in [0, 1]")
+        share_ok = not isinstance(self.pair_difficulty, float) or 0 <= self.pair_difficulty <= 1
+        self.require(share_ok, "pair_difficulty", "must be easy, hard or a share in [0, 1]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,7 +186,7 @@ class EvaluateConfig(Section):
     top_p: float = knob("nucleus mass (1 = off)", "(0, 1]")
     top_k: int = knob("top-k (0 = off)", "[0, inf)")
     max_new_tokens: int = knob("story length cap in tokens", "(0, inf)")
-    no_repeat_ngram: int = knob("forbid repeating an n-gram of the generated text, not the prompt (0 = off)", "[0, inf)")
+    no_repeat_ngram: int = knob("no n-gram of the generated text twice; the prompt not counted (0 = off)", "[0, inf)")
     seed: int = knob("sampling seed", SEED)
 
     def validate(self) -> None:
@@ -245,9 +241,8 @@ def parse_params(raw: Any) -> Params:
     p = Params(**{name: build_section(cls, raw[name], name) for name, cls in SECTIONS.items()})
     if (p.pretrain.seq_len or p.model.max_seq_len) > p.model.max_seq_len:
         raise ParamsError("pretrain.seq_len", f"must be <= model.max_seq_len ({p.model.max_seq_len})")
-    for cfg in (p.sft, p.dpo):
-        if cfg.max_len > p.model.max_seq_len:
-            raise ParamsError(f"{cfg.KEY}.max_len", f"must be <= model.max_seq_len ({p.model.max_seq_len})")
+    for cfg in [c for c in (p.sft, p.dpo) if c.max_len > p.model.max_seq_len]:
+        raise ParamsError(f"{cfg.KEY}.max_len", f"must be <= model.max_seq_len ({p.model.max_seq_len})")
     return p
 
 

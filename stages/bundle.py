@@ -1,24 +1,16 @@
-"""Stage `bundle`: the poster-ready results package in results/ (README, figures, tables, samples,
-run snapshot, self-contained report.html)."""
+"""Stage `bundle`: results/, the poster-ready package (README, figures, tables, samples, snapshot, report.html)."""
 
 from __future__ import annotations
 
-import sys
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-# This checkout's pico, never another copy's: `dvc exp run --queue` runs stages in a temporary copy of the repo,
-# where an editable install would otherwise import the pico of the folder it was installed from.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-# This checkout's pico, never another copy's: `dvc exp run --queue` runs stages in a temporary copy of the repo,
-# where an editable install would otherwise import the pico of the folder it was installed from.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this copy's pico: queued exps run in temp copies
 from pico import bundle as B
 from pico.config import PURPOSES, load_params
 from pico.errors import PicoError

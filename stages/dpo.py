@@ -3,19 +3,12 @@ reference, whose log-probs are computed once and cached (-> checkpoints/dpo.pt, 
 
 from __future__ import annotations
 
-import sys
 import logging
+import sys
 import time
 from pathlib import Path
 
-# This checkout's pico, never another copy's: `dvc exp run --queue` runs stages in a temporary copy of the repo,
-# where an editable install would otherwise import the pico of the folder it was installed from.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-# This checkout's pico, never another copy's: `dvc exp run --queue` runs stages in a temporary copy of the repo,
-# where an editable install would otherwise import the pico of the folder it was installed from.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this copy's pico: queued exps run in temp copies
 from pico.checkpoint import load_checkpoint
 from pico.config import load_params
 from pico.device import check_batch_fits, is_main_process, resolve_device

@@ -1,23 +1,14 @@
 """Stage `evaluate`: every checkpoint on held-out data, plus checked generations for fixed test specs.
 
-Writes metrics/evaluate.json ({checkpoint: {metric: value}}), eval/generations_{split}.jsonl,
-eval/summary_{split}.json, eval/comparisons.json (paired differences base -> sft -> dpo) and
-plots/evaluate/checkpoints.csv.
-"""
+Writes metrics/evaluate.json ({checkpoint: {metric: value}}), eval/ (generations, summaries, paired comparisons
+base -> sft -> dpo) and plots/evaluate/checkpoints.csv."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-# This checkout's pico, never another copy's: `dvc exp run --queue` runs stages in a temporary copy of the repo,
-# where an editable install would otherwise import the pico of the folder it was installed from.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-# This checkout's pico, never another copy's: `dvc exp run --queue` runs stages in a temporary copy of the repo,
-# where an editable install would otherwise import the pico of the folder it was installed from.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this copy's pico: queued exps run in temp copies
 from pico.checkpoint import load_checkpoint
 from pico.compare import KEY_METRICS
 from pico.config import load_params

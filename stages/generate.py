@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import logging
 import os
+import sys
 from pathlib import Path
 
-# This checkout's pico, never another copy's: `dvc exp run --queue` runs stages in a temporary copy of the repo,
-# where an editable install would otherwise import the pico of the folder it was installed from.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this copy's pico: queued exps run in temp copies
 from pico.config import load_params
 from pico.errors import DataError
 from pico.generate import dataset_card, generate_metrics, generate_rows
@@ -34,10 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.provider == "openai":  # check the key before any work
         client = TeacherClient(cfg.teacher, args.cache_dir, api_key_from_env(os.environ, cfg.teacher), seed=cfg.seed)
     tok = load_tokenizer(args.tokenizer) if Path(args.tokenizer).is_file() else None  # for token stats
-    phrases = None
-    if cfg.phrase_values:  # training values cut from TinyStories; never a held-out value
-        text = "\n".join(read_prepared(args.train_text))
-        phrases = phrase_values(text, split_values(cfg.heldout_share, cfg.seed)[1], cfg.phrase_values)
+    text = "\n".join(read_prepared(args.train_text)) if cfg.phrase_values else ""  # phrases: never held out
+    phrases = phrase_values(text, split_values(cfg.heldout_share, cfg.seed)[1], cfg.phrase_values) if text else None
     total = sum(cfg.sft_splits.values()) + sum(cfg.dpo_splits.values())
     with progress_bar(total=total, desc="generate", unit="row", leave=False) as bar:
         result = generate_rows(cfg, client, progress=bar, phrases=phrases)

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 import logging
+import sys
 from pathlib import Path
 
-# This checkout's pico, never another copy's: `dvc exp run --queue` runs stages in a temporary copy of the repo,
-# where an editable install would otherwise import the pico of the folder it was installed from.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-# This checkout's pico, never another copy's: `dvc exp run --queue` runs stages in a temporary copy of the repo,
-# where an editable install would otherwise import the pico of the folder it was installed from.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this copy's pico: queued exps run in temp copies
 from pico.config import load_params
 from pico.download import ensure_source
 from pico.errors import DataError

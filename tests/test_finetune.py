@@ -172,8 +172,8 @@ def test_dpo_turns_dropout_off_so_step_0_is_exactly_ln2(tok, tmp_path):
     model = build_model(model_cfg, tok.vocab_size)
     rows = [{"prompt": f"Title: Night {i}\nStory:\n", "chosen": f"{n} heard the walls whisper.",
              "rejected": f"{n} laughed in the sun."} for i, n in enumerate(["Mina", "Kai", "Ruth", "Theo"])]
-    cfg = config("dpo", device="cpu", batch_size=4, grad_accum=1, max_steps=2, max_len=64, warmup_steps=0,
-                 eval_every=1, save_every=10, log_every=1)
+    cfg = config("dpo", device="cpu", rpo_alpha=0.0, batch_size=4, grad_accum=1, max_steps=2, max_len=64,
+                 warmup_steps=0, eval_every=1, save_every=10, log_every=1)  # plain DPO: RPO's term adds the NLL
     out = dpo(cfg, Checkpoint(model, model_cfg, {}), tok, rows, rows, reference_cache=tmp_path / "ref.pt")
     first = out.result.train_curve[0]
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
