@@ -120,6 +120,7 @@ class FinetuneConfig(TrainConfig):  # sft and dpo: both train on (prompt, respon
 @dataclass(frozen=True, kw_only=True)
 class SFTConfig(FinetuneConfig):
     KEY = "sft"
+    copy_share: float = knob("induction rows added to each batch, x its rows (copy_rows.py); 0 = off", "[0, 1]")
 
 
 @dataclass(frozen=True, kw_only=True)

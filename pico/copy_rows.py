@@ -60,6 +60,42 @@ def keyword_example(story: str, rng: random.Random) -> str:
     return f"{header}\n\nStory:\n{story}"
 
 
+def pairs_row(tokens: torch.Tensor, width: int, eot: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+    """A row of `width` ids: shuffled 16-64-token segments of `tokens`, each twice in a row, then EOT; and a
+    bool mask of the ids in a second copy (the ones a copier predicts)."""
+    parts, second, n = [], [], 0
+    g = torch.Generator().manual_seed(rng.randrange(1 << 30))
+    while n < width:
+        length = rng.randint(16, 64)
+        src = rng.randrange(0, len(tokens) - length)
+        segment = tokens[src : src + length][torch.randperm(length, generator=g)]
+        parts += [segment, segment, torch.tensor([eot])]
+        second += [torch.zeros(length, dtype=torch.bool), torch.ones(length, dtype=torch.bool),
+                   torch.zeros(1, dtype=torch.bool)]
+        n += 2 * length + 1
+    return torch.cat(parts)[:width], torch.cat(second)[:width]
+
+
+def with_copy_replay(batch: dict, tokens: torch.Tensor, share: float, eot: int, seed: int, k: int) -> dict:
+    """A fine-tuning micro-batch with round(share x B) induction rows (`pairs_row` of `tokens`) appended, as
+    long as its other rows, the loss on their second copies only: SFT on template stories otherwise unlearns
+    copying arbitrary text (RESEARCH.md). A pure function of (seed, k), like the batch itself."""
+    B, T = batch["input_ids"].shape
+    n = int(round(share * B))
+    if n == 0:
+        return batch
+    rng = random.Random(stable_seed(seed, k, 11))
+    rows, masks = zip(*(pairs_row(tokens, T + 1, eot, rng) for _ in range(n)))
+    ids, second = torch.stack(rows), torch.stack(masks)
+    out = dict(batch)
+    out["input_ids"] = torch.cat([batch["input_ids"], ids[:, :-1]])
+    out["targets"] = torch.cat([batch["targets"], ids[:, 1:]])
+    out["loss_mask"] = torch.cat([batch["loss_mask"], second[:, 1:].to(batch["loss_mask"].dtype)])
+    out["n_items"] = int(out["loss_mask"].sum().item())
+    out["tokens"] = batch["tokens"] + n * T
+    return out
+
+
 class CopyRows:
     """Pretraining batches of `windows` with `share` of their rows replaced by copy rows (keywords, pairs)."""
 
@@ -77,15 +113,7 @@ class CopyRows:
         return torch.tensor(ids[: self.width])
 
     def _pairs(self, rng: random.Random) -> torch.Tensor:
-        tokens, parts, n = self.windows.tokens, [], 0
-        g = torch.Generator().manual_seed(rng.randrange(1 << 30))
-        while n < self.width:
-            length = rng.randint(16, 64)
-            src = rng.randrange(0, len(tokens) - length)
-            segment = tokens[src : src + length][torch.randperm(length, generator=g)]
-            parts += [segment, segment, torch.tensor([self.eot])]
-            n += 2 * length + 1
-        return torch.cat(parts)[: self.width]
+        return pairs_row(self.windows.tokens, self.width, self.eot, rng)[0]
 
     def train_batch(self, k: int) -> dict:
         batch = self.windows.train_batch(k)

@@ -195,7 +195,8 @@ def pair_logps(model: nn.Module, pairs: list[Pair], batch_size: int, device: tor
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = collate([pairs[i].chosen for i in idx] + [pairs[i].rejected for i in idx])
-            token = model_token_logps(model, batch["input_ids"].to(device), batch["targets"].to(device))
-            logps = (token * batch["loss_mask"].to(device)).sum(dim=1).float().cpu()
+            mask = batch["loss_mask"].to(device)
+            token = model_token_logps(model, batch["input_ids"].to(device), batch["targets"].to(device), mask)
+            logps = (token * mask).sum(dim=1).float().cpu()
             out[idx, 0], out[idx, 1] = logps[: len(idx)], logps[len(idx) :]
     return out

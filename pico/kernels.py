@@ -208,6 +208,44 @@ class _HeadNLL(torch.autograd.Function):
         return grad_h * grad_total, grad_w * grad_total, None, None, None, None, grad_g, grad_c
 
 
+class _HeadTokenNLL(torch.autograd.Function):
+    """Each row's NLL, differentiable row by row (DPO weights rows by a function of their sums): the forward
+    keeps no logits, the backward forms them again in chunks with the upstream gradient as the rows' scale."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_logits, compute_dtype, log_g, log_c):
+        mix = (log_g.detach(), log_c.detach()) if log_g is not None else None
+        row_nll = _chunked_head_nll(hidden, weight, targets, None, False, chunk_logits, compute_dtype, mix)[1]
+        ctx.save_for_backward(hidden, weight, targets, *(mix or ()))
+        ctx.settings = (chunk_logits, compute_dtype)
+        return row_nll
+
+    @staticmethod
+    def backward(ctx, grad_row_nll):
+        hidden, weight, targets, *mix = ctx.saved_tensors
+        _, _, grad_h, grad_w, grad_mix = _chunked_head_nll(hidden, weight, targets, grad_row_nll.float().contiguous(),
+                                                           True, *ctx.settings, tuple(mix) if mix else None)
+        grad_g, grad_c = grad_mix if grad_mix else (None, None)
+        return grad_h, grad_w, None, None, None, grad_g, grad_c
+
+
+def head_token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                   chunk_logits: int = HEAD_CHUNK_LOGITS, compute_dtype: torch.dtype = torch.float32,
+                   copy_terms: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Every token's NLL of `hidden @ weight.T` (or of the copy mixture), (B, T) in fp32, 0 where `mask` is 0,
+    differentiable token by token: what DPO's summed log-probs need, without the (B, T, V) logits."""
+    shape = targets.shape
+    rows = mask.reshape(-1).nonzero().squeeze(1)
+    hidden, sel_targets = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows), targets.reshape(-1)[rows]
+    log_g = log_c = None
+    if copy_terms is not None:
+        log_g, log_c = (t.reshape(-1).float().index_select(0, rows) for t in copy_terms)
+    with torch.autocast(hidden.device.type, enabled=False):
+        row_nll = _HeadTokenNLL.apply(hidden, weight, sel_targets, chunk_logits, compute_dtype, log_g, log_c)
+    full = torch.zeros(shape.numel(), dtype=row_nll.dtype, device=row_nll.device)
+    return full.index_copy(0, rows, row_nll).view(shape)
+
+
 def head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None,
              chunk_logits: int = HEAD_CHUNK_LOGITS, compute_dtype: torch.dtype = torch.float32,
              copy_terms: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -62,18 +62,23 @@ def head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
     return nll.sum(), nll.detach()
 
 
-def model_token_logps(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def model_token_logps(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
     """log p(target) at every position under `model`, differentiable: (B, T) -> (B, T), in fp32.
 
     With a copy head: the mixture's log-prob, the vocabulary side from the logits and the copy side gathered
-    (`GPT.copy_terms`), so no (B, T, V) tensor beyond the logits themselves.
+    (`GPT.copy_terms`). With a `mask` (0 where the log-prob is not needed) on CPU, the chunked kernel: no
+    (B, T, V) logits at all, bf16 products under autocast (DPO and its evaluation use this).
     """
     base = unwrap(model)
-    if getattr(base, "copy", None) is None:
-        return token_logps(model(input_ids), targets)
     hidden = model(input_ids, return_hidden=True)
-    log_g, log_c = base.copy_terms(input_ids, hidden, targets)
-    return torch.logaddexp(log_g + token_logps(base.head(hidden), targets), log_c)
+    copy = base.copy_terms(input_ids, hidden, targets) if getattr(base, "copy", None) is not None else None
+    weight = base.head.weight
+    if mask is not None and hidden.device.type == "cpu":
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
+        return -kernels.head_token_nll(hidden, weight, targets, mask, compute_dtype=dtype, copy_terms=copy)
+    logp = token_logps(base.head(hidden), targets)
+    return logp if copy is None else torch.logaddexp(copy[0] + logp, copy[1])
 
 
 def dpo_loss(
@@ -136,7 +141,8 @@ def dpo_batch_loss(model: nn.Module, batch: dict, *, beta: float, label_smoothin
     both log-probs as long as their margin grows, the NLL term keeps the chosen story likely.
     Stats use TRL's names and are sums over pairs; the loop turns them into means.
     """
-    logps = (model_token_logps(model, batch["input_ids"], batch["targets"]) * batch["loss_mask"]).sum(dim=1)
+    mask = batch["loss_mask"]
+    logps = (model_token_logps(model, batch["input_ids"], batch["targets"], mask) * mask).sum(dim=1)
     policy_chosen, policy_rejected = logps.chunk(2)
     chosen_nll = -policy_chosen / batch["n_tokens"][:, 0]
     ref_chosen, ref_rejected = batch["ref_chosen"], batch["ref_rejected"]

@@ -187,3 +187,36 @@ def test_rope_model_is_causal_and_cache_consistent():
     steps = [model(idx[:, :9], cache=cache)] + [model(idx[:, t : t + 1], cache=cache) for t in range(9, 16)]
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
     assert not any(k.startswith("wpe") for k in model.state_dict())  # no learned positions, no saved tables
+
+
+@pytest.mark.parametrize("copy_head", [True, False])
+def test_masked_token_logps_kernel_matches_dense_path_with_gradients(copy_head):
+    """The DPO path (`model_token_logps` with a mask: chunked, no logits kept, recomputed in backward) gives
+    the dense path's log-probs and, for a loss that weights rows non-linearly, the same gradients."""
+    idx, targets = torch.randint(0, V, (4, 11)), torch.randint(0, V, (4, 11))
+    mask = torch.zeros(4, 11)
+    mask[:, 4:] = 1.0
+    mask[3, 8:] = 0.0  # padding
+    grads, values = [], []
+    for use_mask in (True, False):
+        model = _model(seed=1, copy_head=copy_head, copy_min_gap=2, copy_value_key=True)
+        logp = model_token_logps(model, idx, targets, mask if use_mask else None) * mask
+        sums = logp.sum(dim=1)
+        torch.nn.functional.logsigmoid(0.3 * (sums[:2] - sums[2:])).sum().backward()  # DPO-shaped
+        values.append(logp.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert torch.allclose(values[0], values[1], atol=1e-5)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[1]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
+
+
+def test_masked_token_logps_kernel_in_bf16_is_close_to_fp32():
+    model = _model(seed=2, copy_min_gap=2, copy_value_key=True)
+    idx, targets = torch.randint(0, V, (2, 12)), torch.randint(0, V, (2, 12))
+    mask = torch.ones(2, 12)
+    fp32 = model_token_logps(model, idx, targets, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model_token_logps(model, idx, targets, mask)
+    assert bf16.dtype == torch.float32
+    assert torch.allclose(bf16, fp32, atol=0.05, rtol=0.03)

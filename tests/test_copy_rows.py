@@ -53,3 +53,38 @@ def test_share_zero_rows_are_the_plain_windows(tok, sample_stories):
     rows, windows = _rows(tok, sample_stories, share=0.0)
     assert torch.equal(rows.train_batch(2)["input_ids"], windows.train_batch(2)["input_ids"])
     assert np.isclose(rows.share, 0.0)
+
+
+def test_copy_replay_appends_induction_rows_whose_loss_is_on_second_copies_only():
+    from pico.copy_rows import with_copy_replay
+    from pico.finetune import sft_batch
+    from pico.prompt import Encoded
+
+    rows = [Encoded(ids=list(range(10 + i, 90 + 7 * i)), loss_start=20, truncated=False) for i in range(4)]
+    batch = sft_batch(rows)
+    stream = torch.arange(100, 600)
+    out = with_copy_replay(batch, stream, 0.5, eot=1, seed=3, k=7)
+    assert out["input_ids"].shape == (6, batch["input_ids"].shape[1])  # 2 rows (0.5 x 4) as long as the batch's
+    assert torch.equal(out["input_ids"][:4], batch["input_ids"]) and torch.equal(out["loss_mask"][:4], batch["loss_mask"])
+    assert out["n_items"] == int(out["loss_mask"].sum()) > batch["n_items"]
+    for r in (4, 5):
+        ids = torch.cat([out["input_ids"][r, :1], out["targets"][r]])
+        mask = out["loss_mask"][r]
+        assert mask.sum() > 0 and mask[0] == 0
+        # every masked target repeats the token one segment back: a run of L masked targets copies the L before
+        t = 0
+        while t < len(mask):
+            if mask[t]:
+                start = t
+                while t < len(mask) and mask[t]:
+                    t += 1
+                n = t - start
+                if t == len(mask):
+                    break  # the row ends inside a second copy: a shorter run than its segment
+                assert torch.equal(ids[start + 1 : t + 1], ids[start + 1 - n : t + 1 - n])
+            t += 1
+    again = with_copy_replay(batch, stream, 0.5, eot=1, seed=3, k=7)
+    assert torch.equal(again["input_ids"], out["input_ids"])  # a pure function of (seed, k)
+    assert not torch.equal(with_copy_replay(batch, stream, 0.5, eot=1, seed=3, k=8)["input_ids"][4:],
+                           out["input_ids"][4:])
+    assert with_copy_replay(batch, stream, 0.0, eot=1, seed=3, k=7) is batch

@@ -10,10 +10,12 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from pico.checkpoint import Checkpoint, read_cache, to_bytes
 from pico.config import DPOConfig, FinetuneConfig, SFTConfig
+from pico.copy_rows import with_copy_replay
 from pico.device import is_main_process, resolve_device, resolve_precision
 from pico.errors import DataError, ParamsError
 from pico.finetune import (
@@ -39,10 +41,11 @@ DPO_STATS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "r
 
 
 def _fine_tune(cfg: FinetuneConfig, model: nn.Module, train_batches: BucketedBatches, loss_fn: LossFn, evaluate,
-               resume: Path | None, run_id: str) -> tuple[TrainResult, dict]:
+               resume: Path | None, run_id: str, get_batch=None) -> tuple[TrainResult, dict]:
     """The driver SFT and DPO share: train from a checkpoint, keep the best validation weights."""
     total = planned_steps(train_batches.batches_per_epoch, cfg.grad_accum, cfg.epochs, cfg.max_steps)
-    result = train(model, cfg, total_steps=total, get_batch=train_batches.micro, loss_fn=loss_fn, evaluate=evaluate,
+    result = train(model, cfg, total_steps=total, get_batch=get_batch or train_batches.micro, loss_fn=loss_fn,
+                   evaluate=evaluate,
                    keep_best=True, resume_path=resume, fingerprint=run_id, desc=cfg.KEY)
     counts = {"best_step": result.best_step, "steps": result.steps_done, "planned_steps": total,
               "stopped_early": result.stopped_early, "tokens_seen": result.tokens_seen}
@@ -83,7 +86,12 @@ def sft(cfg: SFTConfig, base: Checkpoint, tok: Tokenizer, train_rows: list[dict]
         return {"val_loss": evaluate_loss(model, valid_batches, lm_loss, device, dtype=dtype)["val_loss"]}
 
     run_id = fingerprint("sft", asdict(cfg), *inputs_id)
-    result, counts = _fine_tune(cfg, base.model, batches(train_enc), lm_loss, evaluate, resume, run_id)
+    train_batches, get_batch = batches(train_enc), None
+    if cfg.copy_share > 0:  # induction rows from the train rows' own tokens keep the base model's copying
+        stream = torch.tensor([i for e in train_enc for i in e.ids])
+        get_batch = lambda k: with_copy_replay(train_batches.micro(k), stream, cfg.copy_share, tok.eot_id,  # noqa: E731
+                                               cfg.seed, k)
+    result, counts = _fine_tune(cfg, base.model, train_batches, lm_loss, evaluate, resume, run_id, get_batch)
     model = base.model
     metrics = {
         "val_loss": round(evaluate(model)["val_loss"], 5),
