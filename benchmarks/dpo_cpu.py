@@ -79,9 +79,9 @@ def main() -> None:
     device = torch.device("cpu")
 
     # --- pico: the dpo stage's own path (reference log-probs once, one forward for chosen+rejected, bucketing)
-    def run_pico(precision: str) -> tuple[float, float]:
+    def run_pico(precision: str, model_cfg=cfg) -> tuple[float, float]:
         torch.manual_seed(0)
-        model = build_model(cfg, tok.vocab_size)
+        model = build_model(model_cfg, tok.vocab_size)
         pairs, _ = encode_dpo_rows(tok, rows, dpo.max_len, dpo.truncation)
         t_ref = time.perf_counter()
         pairs = with_reference(pairs, pair_logps(model, pairs, B, device, resolve_precision(precision, device)))
@@ -101,6 +101,9 @@ def main() -> None:
 
     pico_fp32, ref_seconds = run_pico("fp32")
     pico_bf16, _ = run_pico("bf16")
+    # pico's default model has RoPE and a copy head; GPT-2's architecture is the like-for-like comparison with TRL
+    gpt_cfg = dataclasses.replace(cfg, pos_encoding="learned", copy_head=False)
+    gpt_fp32, gpt_bf16 = run_pico("fp32", gpt_cfg)[0], run_pico("bf16", gpt_cfg)[0]
 
     # --- TRL
     from datasets import Dataset
@@ -141,16 +144,23 @@ def main() -> None:
         return statistics.median(steps), total
 
     pairs_per_s = {"pico_fp32": B / pico_fp32, "pico_bf16": B / pico_bf16,
+                   "pico_gpt2arch_fp32": B / gpt_fp32, "pico_gpt2arch_bf16": B / gpt_bf16,
                    "trl_dpo_default_fp32": B / run_trl(False)[0], "trl_dpo_precomputed_ref_fp32": B / run_trl(True)[0],
                    "trl_dpo_default_bf16": B / run_trl(False, bf16=True)[0],
                    "trl_dpo_precomputed_ref_bf16": B / run_trl(True, bf16=True)[0]}
     save("dpo_cpu", {
         "shape": {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "max_len": dpo.max_len,
-                  "vocab": tok.vocab_size, "pairs_per_batch": B},
+                  "vocab": tok.vocab_size, "pairs_per_batch": B, "pos_encoding": cfg.pos_encoding,
+                  "copy_head": cfg.copy_head},
         "bf16_capability": {"native_bf16": cpu_has_native_bf16()},
         "pairs": len(rows), "pico_reference_logps_seconds_fp32": round(ref_seconds, 2),
         "pairs_per_s": {k: round(v, 3) for k, v in pairs_per_s.items()},
         "ratios": {"pico_bf16 / pico_fp32": round(pairs_per_s["pico_bf16"] / pairs_per_s["pico_fp32"], 3),
+                   "pico_gpt2arch_bf16 / pico_gpt2arch_fp32": round(pairs_per_s["pico_gpt2arch_bf16"]
+                                                                    / pairs_per_s["pico_gpt2arch_fp32"], 3),
+                   **{f"pico_gpt2arch_{k.rsplit('_', 1)[1]} / {k}":
+                      round(pairs_per_s[f"pico_gpt2arch_{k.rsplit('_', 1)[1]}"] / v, 3)
+                      for k, v in pairs_per_s.items() if k.startswith("trl")},
                    **{f"pico_{k.rsplit('_', 1)[1]} / {k}": round(pairs_per_s[f"pico_{k.rsplit('_', 1)[1]}"] / v, 3)
                       for k, v in pairs_per_s.items() if k.startswith("trl")}},
         "targets": "pico_bf16 >= 1.4x pico_fp32; pico ahead of TRL in each precision",

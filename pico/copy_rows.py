@@ -81,7 +81,7 @@ def with_copy_replay(batch: dict, tokens: torch.Tensor, share: float, eot: int, 
     long as its other rows, the loss on their second copies only: SFT on template stories otherwise unlearns
     copying arbitrary text (RESEARCH.md). A pure function of (seed, k), like the batch itself."""
     B, T = batch["input_ids"].shape
-    n = int(round(share * B))
+    n = round(share * B)
     if n == 0:
         return batch
     rng = random.Random(stable_seed(seed, k, 11))
@@ -117,7 +117,7 @@ class CopyRows:
 
     def train_batch(self, k: int) -> dict:
         batch = self.windows.train_batch(k)
-        n = int(round(self.share * batch["input_ids"].shape[0]))
+        n = round(self.share * batch["input_ids"].shape[0])
         if n == 0:
             return batch
         rng = random.Random(stable_seed(self.seed, k, 7))

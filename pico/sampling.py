@@ -27,7 +27,7 @@ class SamplingConfig:
     top_k: int  # 0 = off
     top_p: float  # 1.0 = off
     max_new_tokens: int
-    no_repeat_ngram: int  # forbid repeating an n-gram of the generated text (not the prompt); 0 = off
+    no_repeat_ngram: int  # forbid repeating an n-gram of the generated text unless the prompt has it; 0 = off
     seed: int
 
     @classmethod
@@ -53,12 +53,18 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def banned_by_ngram(seq: list[int], n: int) -> set[int]:
-    """Tokens that would repeat an n-gram already in `seq`."""
+def ngrams(seq: list[int], n: int) -> set[tuple[int, ...]]:
+    return {tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)} if n > 0 else set()
+
+
+def banned_by_ngram(seq: list[int], n: int, allowed: set[tuple[int, ...]] = frozenset()) -> set[int]:
+    """Tokens that would repeat an n-gram already in `seq`, unless that n-gram is `allowed` (the prompt's: a
+    story may say its spec's phrases, a name or the object, as often as it needs)."""
     if n <= 0 or len(seq) < n:
         return set()
     prefix = tuple(seq[len(seq) - n + 1 :])
-    return {seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i : i + n - 1]) == prefix}
+    return {seq[i + n - 1] for i in range(len(seq) - n + 1)
+            if tuple(seq[i : i + n - 1]) == prefix and (*prefix, seq[i + n - 1]) not in allowed}
 
 
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generators: list[torch.Generator]) -> torch.Tensor:
@@ -119,6 +125,7 @@ def _generate_batch(model, prompts, cfg, eos_id, gens, use_cache, device) -> lis
     seqs = [list(p) for p in prompts]
     new: list[list[int]] = [[] for _ in prompts]
     done = [False] * B
+    prompt_ngrams = [ngrams(p, cfg.no_repeat_ngram) for p in prompts]
     cache = model.new_cache(B, width + budget) if use_cache else None
     logits = model(idx, cache=cache, valid=valid, last_only=True)[:, -1] if use_cache else None
     for _ in range(budget):
@@ -126,8 +133,8 @@ def _generate_batch(model, prompts, cfg, eos_id, gens, use_cache, device) -> lis
             logits = torch.stack([model(torch.tensor([s], device=device))[0, -1] for s in seqs])
         if cfg.no_repeat_ngram:
             logits = logits.clone()
-            for r in range(B):
-                banned = banned_by_ngram(new[r], cfg.no_repeat_ngram)  # generated text only: copying the prompt is allowed
+            for r in range(B):  # the generated text only, and the prompt's n-grams may recur: no loops, copying allowed
+                banned = banned_by_ngram(new[r], cfg.no_repeat_ngram, prompt_ngrams[r])
                 if banned:
                     logits[r, list(banned)] = float("-inf")
         nxt = sample_next(logits, cfg, gens)

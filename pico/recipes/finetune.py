@@ -86,11 +86,14 @@ def sft(cfg: SFTConfig, base: Checkpoint, tok: Tokenizer, train_rows: list[dict]
         return {"val_loss": evaluate_loss(model, valid_batches, lm_loss, device, dtype=dtype)["val_loss"]}
 
     run_id = fingerprint("sft", asdict(cfg), *inputs_id)
-    train_batches, get_batch = batches(train_enc), None
+    train_batches = batches(train_enc)
+    get_batch = train_batches.micro
     if cfg.copy_share > 0:  # induction rows from the train rows' own tokens keep the base model's copying
         stream = torch.tensor([i for e in train_enc for i in e.ids])
-        get_batch = lambda k: with_copy_replay(train_batches.micro(k), stream, cfg.copy_share, tok.eot_id,  # noqa: E731
-                                               cfg.seed, k)
+
+        def replayed(k: int) -> dict:
+            return with_copy_replay(train_batches.micro(k), stream, cfg.copy_share, tok.eot_id, cfg.seed, k)
+        get_batch = replayed
     result, counts = _fine_tune(cfg, base.model, train_batches, lm_loss, evaluate, resume, run_id, get_batch)
     model = base.model
     metrics = {
