@@ -186,10 +186,12 @@ def add_compare(sub) -> None:
                                    "for pass rates a paired test over the same specs (eval/generations_*.jsonl). "
                                    "`pico compare --rev A --rev B [CKPT ...]`: two git revisions or DVC experiments, "
                                    "read through DVC. `--rev A1,A2,A3 --rev B1,B2,B3`: several runs (seeds) per side: "
-                                   "means, spreads and Welch's t-test.")
+                                   "means, spreads and Welch's t-test. `--rev S0,S1,S2 sft dpo`: two checkpoints of "
+                                   "the same runs (seeds): the paired test per run and pooled over the runs.")
     p.add_argument("checkpoints", nargs="*", help="two checkpoint names (base, sft, dpo, ...), or some with --rev")
     p.add_argument("--rev", action="append", default=[],
-                   help="one side: a git revision or DVC experiment, or several separated by commas (give two)")
+                   help="one side: a git revision or DVC experiment, or several separated by commas (give two; "
+                        "once with two checkpoints: those checkpoints within the runs)")
     p.add_argument("--metrics-file", default="metrics/evaluate.json")
     p.add_argument("--eval-dir", default="eval", help="where evaluate wrote generations_<split>.jsonl")
     p.add_argument("--all-metrics", action="store_true", help="with --rev: every metrics file, not just evaluate")
@@ -202,6 +204,8 @@ def cmd_compare(args) -> int:
     from pico.compare import compare_metrics, flatten, significance
 
     noise: dict[str, list[dict]] = {}
+    if len(args.rev) == 1 and len(args.checkpoints) == 2:
+        return _compare_within_runs(args, [r.strip() for r in args.rev[0].split(",") if r.strip()])
     if args.rev:
         if len(args.rev) != 2:
             raise PicoError("give --rev twice, one per side (--rev main --rev exp-1a2b3, or --rev a1,a2 --rev b1,b2)")
@@ -286,6 +290,44 @@ def _compare_seeds(args, sides: list[list[str]]) -> int:
     else:
         for ckpt, rows in out.items():
             print(f"### {ckpt}\n\n{seeds_markdown(rows, *labels)}")
+    return 0
+
+
+def _compare_within_runs(args, revs: list[str]) -> int:
+    """`pico compare --rev s0,s1,s2 sft dpo`: two checkpoints of the same runs (seeds). Per run, and pooled over
+    the runs, the paired test over the same specs; and each metric's mean per checkpoint across the runs."""
+    from pico.checks import CHECKS
+    from pico.compare import across_seeds, seeds_markdown, significance, significance_markdown
+
+    a_name, b_name = args.checkpoints
+    runs = [_by_checkpoint(_metrics_at(rev, args.metrics_file)) for rev in revs]
+    for rev, run in zip(revs, runs):
+        if a_name not in run or b_name not in run:
+            raise PicoError(f"{rev}: {args.metrics_file} has no {a_name!r} or {b_name!r} (has: {', '.join(run)})")
+    per_run, pooled_a, pooled_b = {}, [], []
+    for k, rev in enumerate(revs):
+        ra, rb = _generations_at(rev, args.eval_dir, a_name), _generations_at(rev, args.eval_dir, b_name)
+        if not (ra and rb):
+            raise PicoError(f"{rev}: no generations of {a_name} and {b_name} readable through DVC "
+                            f"({args.eval_dir}/generations_*.jsonl): no paired test")
+        per_run[rev] = [r for r in significance(ra, rb, list(CHECKS)) if r["metric"] == "pass_all"]
+        # pooled: the same spec in two runs is two pairs (two samples of each checkpoint), told apart by run
+        pooled_a += [{**r, "index": (k, r["index"])} for r in ra]
+        pooled_b += [{**r, "index": (k, r["index"])} for r in rb]
+    pooled = significance(pooled_a, pooled_b, list(CHECKS))
+    seeds = across_seeds([r[a_name] for r in runs], [r[b_name] for r in runs])
+    if args.json:
+        print(json.dumps({"runs": revs, "a": a_name, "b": b_name, "pooled": pooled, "per_run": per_run,
+                          "across_runs": seeds}, indent=2))
+        return 0
+    print(f"## {a_name} -> {b_name} in {len(revs)} runs: {', '.join(revs)}\n")
+    print(f"### pooled over the runs ({len(pooled_a)} generations per checkpoint)\n")
+    print(significance_markdown(pooled, a_name, b_name))
+    print("### pass_all per run\n")
+    print(significance_markdown([{**r, "split": f"{rev} {r['split']}"} for rev, rows in per_run.items() for r in rows],
+                                a_name, b_name))
+    print("### run-level metrics\n")
+    print(seeds_markdown(seeds, a_name, b_name))
     return 0
 
 

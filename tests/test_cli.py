@@ -225,3 +225,31 @@ def test_a_bug_is_one_line_exit_1_and_ctrl_c_exit_130(capsys, monkeypatch):
     monkeypatch.setattr(pico.cli, "cmd_params", interrupted)
     assert main(["params"]) == 130
     assert capsys.readouterr().err.startswith("error: interrupted")
+
+
+def test_compare_two_checkpoints_within_several_runs_pools_the_paired_test(monkeypatch, capsys):
+    """`pico compare --rev s0,s1,s2 sft dpo`: SFT against DPO of the same runs (seeds), paired per spec."""
+    import pico.cli
+    from pico.checks import CHECKS
+
+    def record(ckpt, index, passed):
+        return {"checkpoint": ckpt, "split": "test_unseen", "index": index, "passed_all": passed,
+                "checks": {c: passed for c in CHECKS}}
+
+    # per run: sft passes specs 0-1 of 10, dpo passes 0-4 (3 more, never fewer)
+    gens = {(rev, ck): [record(ck, i, i < (2 if ck == "sft" else 5)) for i in range(10)]
+            for rev in ("s0", "s1", "s2") for ck in ("sft", "dpo")}
+    metrics = {"sft.unseen_pass_all": 0.2, "dpo.unseen_pass_all": 0.5}
+    monkeypatch.setattr(pico.cli, "_metrics_at", lambda rev, f: dict(metrics))
+    monkeypatch.setattr(pico.cli, "_generations_at", lambda rev, d, ck: gens[(rev, ck)])
+    assert main(["compare", "--rev", "s0,s1,s2", "sft", "dpo", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    pooled = next(r for r in out["pooled"] if r["metric"] == "pass_all")
+    assert (pooled["n"], pooled["a_only"], pooled["b_only"]) == (30, 0, 9)  # 3 runs x 10 specs, pooled
+    assert pooled["diff"] == pytest.approx(0.3) and pooled["significant"]
+    assert [r["diff"] for rows in out["per_run"].values() for r in rows] == pytest.approx([0.3] * 3)
+    assert main(["compare", "--rev", "s0,s1,s2", "sft", "dpo"]) == 0
+    assert "pooled over the runs (30 generations per checkpoint)" in capsys.readouterr().out
+    monkeypatch.setattr(pico.cli, "_generations_at", lambda rev, d, ck: [])
+    assert main(["compare", "--rev", "s0,s1", "sft", "dpo"]) == 2  # a usage error
+    assert "no generations of sft and dpo" in capsys.readouterr().err
