@@ -3,6 +3,7 @@
     python benchmarks/scaling_study.py                       # experiments with experiment.purpose scaling_study
     python benchmarks/scaling_study.py --purpose pair_mix --x pair_difficulty
     python benchmarks/scaling_study.py --input exp_show.json  # a saved `dvc exp show --json`
+    python benchmarks/scaling_study.py --runs scale-120,scale-600 # only these runs of the purpose
 
 Reads `dvc exp show --json` (every run of the workspace, its experiments and queue), keeps the runs of one
 `experiment.purpose`, and writes a Markdown table and a PNG plot (pass rates with their Wilson 95% intervals)
@@ -102,10 +103,14 @@ def main() -> None:
     ap.add_argument("--purpose", default="scaling_study")
     ap.add_argument("--input", help="a saved `dvc exp show --json` instead of asking DVC")
     ap.add_argument("--name", default=None, help="output file stem (default: the purpose)")
+    ap.add_argument("--runs", default=None, help="only these runs, comma-separated names (e.g. one sweep's)")
     ap.add_argument("--out-dir", default=str(RESULTS))
     args = ap.parse_args()
     runs = parse_exp_show(json.loads(Path(args.input).read_text())) if args.input else load_runs()
-    rows = rows_of([r for r in runs if r.purpose == args.purpose and not r.error])
+    keep = set(args.runs.split(",")) if args.runs else None
+    rows = rows_of([r for r in runs if r.purpose == args.purpose and not r.error
+                    and r.state in ("", "success")  # not queued, running or failed: their metrics are another run's
+                    and (keep is None or r.name in keep)])
     if not rows:
         raise SystemExit(f"no finished runs with experiment.purpose {args.purpose!r} (see `pico runs`)")
     name, out = args.name or args.purpose, Path(args.out_dir)

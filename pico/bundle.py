@@ -451,14 +451,14 @@ def readme_markdown(title: str, facts: list[str], inputs: BundleInputs, table: p
     checker = inputs.metrics["evaluate"].get("checker", {})
     return "\n".join([
         f"# {title}", "", *[f"- {f}" for f in facts], "",
+        "## What each step did", "", "![headline](figures/headline.png)", "",
+        *comparison_lines(inputs.comparisons), "",
         "## Pipeline", "", "```mermaid", mermaid_dag(inputs.dvc_yaml), "```", "",
         "## Data", "",
         f"Provider **{dataset['provider']}**" + (f", teacher `{teacher['model']}` at `{teacher['base_url']}`"
                                                  if teacher else "") + f"; data purpose `{dataset['purpose']}`"
         + (f" ({dataset['description']})" if dataset.get("description") else "") + ".", "",
         markdown_table(stats, index_name="split"), "",
-        "## What each step did", "", "![headline](figures/headline.png)", "",
-        *comparison_lines(inputs.comparisons), "",
         "## Metrics per checkpoint", "", markdown_table(table, [c for c in KEY_METRICS if c in table.columns]), "",
         "Rates are over the generations of each split (`n` in eval/summary_*.json) with Wilson 95% intervals "
         "(`_lo`, `_hi` in tables/checkpoint_metrics.csv); `unseen_` specs use only values held out of all "

@@ -137,7 +137,8 @@ def build_section(cls: type, raw: Any, key: str) -> Any:
     known = {f.name: f for f in fields(cls)}
     for name in raw:
         if name not in known:
-            raise ParamsError(f"{key}.{name}", f"unknown key (known keys: {', '.join(sorted(known))})")
+            shown = name if str(name).isprintable() else repr(name)  # a key with a newline stays one line
+            raise ParamsError(f"{key}.{shown}", f"unknown key (known keys: {', '.join(sorted(known))})")
     for name, f in known.items():
         if name not in raw:
             raise ParamsError(f"{key}.{name}", f"missing ({f.metadata['help']})")

@@ -133,3 +133,16 @@ def test_describe_lists_every_key_with_its_range_and_help():
     beta = next(r for r in rows if r[0] == "dpo.beta")
     assert "(0, 1000]" in beta[1] and "KL" in beta[2]
     assert len(keys) == len(set(keys))
+
+
+def test_an_unknown_key_with_a_newline_is_named_on_one_line(tmp_path):
+    """Found by tests/test_properties.py: a key '\\n' made a two-line error."""
+    from pico.knobs import read_yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prepare"]["\n"] = None
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError) as e:
+        parse_params(read_yaml(path))
+    assert "prepare.'\\n'" in str(e.value) and "\n" not in str(e.value)

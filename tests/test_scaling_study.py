@@ -50,3 +50,23 @@ def test_rows_flops_and_outputs(tmp_path):
     assert (tmp_path / "scaling_study.png").stat().st_size > 1000
     assert json.loads((tmp_path / "scaling_study.json").read_text())[1]["dpo_unseen_pass_all"] == 0.5
     assert "| small |" in (tmp_path / "scaling_study.md").read_text()
+
+
+def test_unfinished_runs_are_left_out_and_runs_can_be_chosen(tmp_path):
+    """A queued or running experiment shows its baseline's metrics in `dvc exp show`: never a point."""
+    running = experiment("running", 300, 64, 0.9)
+    running["executor"] = {"state": "running"}
+    done = experiment("done", 100, 64, 0.1)
+    done["executor"] = {"state": "success"}
+    show = [{"rev": "abc", "data": {}, "experiments": [done, running, experiment("other", 200, 64, 0.2)]}]
+    path = tmp_path / "show.json"
+    path.write_text(json.dumps(show))
+
+    def points(*extra):
+        proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "scaling_study.py"), "--input", str(path),
+                               "--out-dir", str(tmp_path), *extra], capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+        return [r["run"] for r in json.loads((tmp_path / "scaling_study.json").read_text())]
+
+    assert points() == ["done", "other"]
+    assert points("--runs", "other") == ["other"]
