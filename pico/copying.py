@@ -5,7 +5,9 @@
   at its first-copy NLL (~ln V for a fresh model).
 - Field copying: on SFT reference stories, whose spec fields appear verbatim in the prompt, the NLL per token
   of each field's span after its first token (`field_copy_nll`), and how often the argmax predicts the span's
-  first token (`field_first_acc`): whether the model copies a field, and whether it knows when to start.
+  first token (`field_first_acc`), and the NLL of the story's token right after the span (`field_end_nll`):
+  whether the model copies a field, knows when to start, and knows when to stop (a pointer that keeps copying
+  the prompt past the value's end writes the prompt's newline into the story).
 """
 
 from __future__ import annotations
@@ -89,8 +91,9 @@ def field_token_span(tok: Tokenizer, response_ids: list[int], response: str, tex
 def field_copy_metrics(model: nn.Module, tok: Tokenizer, rows: list[dict], max_len: int,
                        fields: tuple[str, ...] = COPY_FIELDS, batch_size: int = 8,
                        dtype: torch.dtype = torch.float32) -> dict[str, float]:
-    """`field_copy_nll_<field>` (mean NLL per span token after the first, pooled over rows) and
-    `field_first_acc_<field>` (argmax accuracy on the span's first token) over SFT rows (prompt, response, spec)."""
+    """`field_copy_nll_<field>` (mean NLL per span token after the first, pooled over rows),
+    `field_first_acc_<field>` (argmax accuracy on the span's first token) and `field_end_nll_<field>` (mean NLL
+    of the token after the span) over SFT rows (prompt, response, spec)."""
     model.eval()
     device = next(model.parameters()).device
     items = []  # (ids, [(field, first_pos, last_pos)]) with positions in ids
@@ -110,6 +113,8 @@ def field_copy_metrics(model: nn.Module, tok: Tokenizer, rows: list[dict], max_l
     nll_n = {f: 0 for f in fields}
     hits = {f: 0 for f in fields}
     firsts = {f: 0 for f in fields}
+    end_sum = {f: 0.0 for f in fields}
+    end_n = {f: 0 for f in fields}
     for s in range(0, len(items), batch_size):
         chunk = items[s : s + batch_size]
         T = max(len(ids) for ids, _ in chunk) - 1
@@ -123,17 +128,22 @@ def field_copy_metrics(model: nn.Module, tok: Tokenizer, rows: list[dict], max_l
             scores = model(idx).float()  # (B, T, V): logits, or the copy mixture's log-probs
         logp = torch.log_softmax(scores, dim=-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # (B, T)
         argmax = scores.argmax(dim=-1)
-        for r, (_, spans) in enumerate(chunk):
+        for r, (ids, spans) in enumerate(chunk):
             for f, first, last in spans:  # token at position p of ids is predicted at column p - 1
                 firsts[f] += 1
                 hits[f] += int(argmax[r, first - 1] == tgt[r, first - 1])
                 if last > first:
                     nll_sum[f] += float(-logp[r, first : last].sum())
                     nll_n[f] += last - first
+                if last < len(ids) - 1:  # the story goes on after the span (column `last` predicts it)
+                    end_sum[f] += float(-logp[r, last])
+                    end_n[f] += 1
     out: dict[str, float] = {}  # a field no reference story contains has no score (not a NaN in the metrics)
     for f in fields:
         if nll_n[f]:
             out[f"field_copy_nll_{f}"] = nll_sum[f] / nll_n[f]
         if firsts[f]:
             out[f"field_first_acc_{f}"] = hits[f] / firsts[f]
+        if end_n[f]:
+            out[f"field_end_nll_{f}"] = end_sum[f] / end_n[f]
     return out

@@ -122,8 +122,45 @@ def test_field_metrics_of_an_oracle_and_of_a_fresh_model(tok):
         assert m[f"field_first_acc_{f}"] == 1.0
         if not math.isnan(m[f"field_copy_nll_{f}"]):
             assert m[f"field_copy_nll_{f}"] < 1e-3
+        assert m[f"field_end_nll_{f}"] < 1e-3
     torch.manual_seed(0)
     fresh = build_model(config("model", type="transformer", d_model=32, n_layer=2, n_head=2, max_seq_len=512,
                                pos_encoding="learned", copy_head=False), tok.vocab_size)
     m = field_copy_metrics(fresh, tok, rows, 512)
     assert abs(m["field_copy_nll_taboo"] - math.log(tok.vocab_size)) < 0.5
+    assert abs(m["field_end_nll_taboo"] - math.log(tok.vocab_size)) < 0.5
+
+
+class _PromptContinuer(nn.Module):
+    """A pure pointer: predicts whatever followed the earlier occurrence of the current token that shares the
+    longest history with it (an induction head with no gate). It copies every field perfectly and never knows
+    where one ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, idx):
+        out = torch.full((*idx.shape, V * 4), -30.0)
+        for b in range(idx.shape[0]):
+            row = idx[b].tolist()
+            for t in range(len(row)):
+                def shared(j):
+                    n = 0
+                    while n <= j and row[j - n] == row[t - n]:
+                        n += 1
+                    return n
+                earlier = [j for j in range(t) if row[j] == row[t]]
+                if earlier:
+                    out[b, t, row[max(earlier, key=shared) + 1]] = 30.0
+        return out
+
+
+def test_field_end_nll_catches_a_pointer_that_keeps_copying_the_prompt(tok):
+    import random
+
+    spec = _spec()
+    rows = [{"prompt": build_prompt(spec), "response": horror_story(spec, random.Random(0)), "spec": spec.to_dict()}]
+    m = field_copy_metrics(_PromptContinuer(), tok, rows, 512)
+    assert m["field_copy_nll_taboo"] < 1e-3  # the taboo is copied token for token...
+    assert m["field_end_nll_taboo"] > 10  # ...and then the prompt's newline is predicted, not the story's text
