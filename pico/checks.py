@@ -16,12 +16,15 @@ The checks, in `CHECKS` order:
   happy last sentence.
 - fluent: story-length prose (40 words, 4 sentences) that reads as English: the class-bigram score
   (`pico.fluency`, fitted only on TinyStories) of the story and of each paragraph is above word salad's, and
-  no paragraph has words in the wrong case for their place, as shuffled words do.
+  no paragraph has words in the wrong case for their place, as shuffled words do, and at most one lower-case
+  word is not an English word (`wordfreq` has never seen it, and the spec does not hold it): broken spellings
+  and fused fragments ('fliunnel', 'caretakeras') that a reader rejects and a class-bigram model cannot see.
 - coherent_order: the sentences come in the order of a telling: the first one does not continue something or
   refer ahead, no pronoun before any character is named, protagonist and setting appear in the first
   paragraph, the object is introduced before it is referred back to, the taboo comes before the twist and the
   twist in the second half, and a present-tense aftermath does not come before past-tense events.
-- no_repetition: no loop: no sentence said three times, no 4-word run said eight times, few repeated 4-grams.
+- no_repetition: no loop: no sentence said three times, no 4-word run said eight times, few repeated 4-grams,
+  no stutter (a run of 2-4 words said twice in a row, 'after sunset after sunset', or a word three times).
 - not_restated: not the spec restated: no `Label: value` or bullet lines of the prompt, no talk about the
   task ('the protagonist', 'the twist is'), and most of its words its own rather than the spec's.
 """
@@ -56,6 +59,9 @@ FLUENCY_MIN_TOKENS = 20
 MAX_REPEATED_4GRAM_RATE = 0.3
 MAX_4GRAM_COUNT = 7  # a 4-word run said 8 times is a loop (a refrain is said two or three times)
 MAX_SENTENCE_REPEATS = 2
+MAX_NON_WORDS = 1  # lower-case non-words a story may hold (TinyStories: 1 story in 6,222 has two; references: 0)
+# Words English does repeat back to back ('closer and closer', 'ha ha ha', 'very very'): not a stutter.
+REPEATABLE_WORDS = frozenset("and or ha la no yes very so knock tick tock bang boom".split())
 MAX_SPEC_WORD_SHARE = 0.6  # of the story's content words; templates and teacher stories stay below 0.5
 
 STOPWORDS = frozenset("""
@@ -428,6 +434,23 @@ def ending_problems(story: Story) -> list[str]:
     return problems
 
 
+_LOWER_WORD_RE = re.compile(r"(?<![A-Za-z'])[a-z]+(?:'[a-z]+)?(?![A-Za-z])")
+
+
+def non_words(text: str, spec: Spec) -> list[str]:
+    """Lower-case words of `text` that are not English words: not in wordfreq's English list (zipf 0) and not a
+    word of the spec (whose values may be invented). Capitalized words are left alone: they may be names."""
+    from wordfreq import zipf_frequency
+
+    allowed = {w for value in spec.to_dict().values() for w in re.findall(r"[a-z]+", value.lower())}
+    found = []
+    for word in _LOWER_WORD_RE.findall(text.translate(_FOLD_QUOTES)):
+        base = word.split("'")[0]
+        if base not in allowed and zipf_frequency(base, "en") == 0:
+            found.append(word)
+    return found
+
+
 def fluency_problems(story: Story, spec: Spec) -> list[str]:
     from pico.fluency import case_anomalies, default_model
 
@@ -450,6 +473,9 @@ def fluency_problems(story: Story, spec: Spec) -> list[str]:
         mean = sum(para) / len(para)
         if mean < MIN_PARAGRAPH_FLUENCY or unseen > MAX_PARAGRAPH_UNSEEN:
             problems.append(f"paragraph {i + 1} reads as word salad ({mean:.2f} bits, {unseen:.0%} unseen pairs)")
+    bad = non_words(story.text, spec)
+    if len(bad) > MAX_NON_WORDS:
+        problems.append(f"{len(bad)} words that are not English: {', '.join(bad[:5])}")
     return problems
 
 
@@ -553,8 +579,29 @@ def order_problems(story: Story, spec: Spec, sw: SpecWords, taboo: list[int], tw
     return problems
 
 
+_RUN_RE = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")  # words and single punctuation marks
+
+
+def stutters(text: str) -> list[str]:
+    """Runs said twice back to back with nothing between: 2-4 words ('after sunset after sunset'), or one word
+    three times ('person person person'); runs holding a REPEATABLE_WORDS word are English, not a stutter."""
+    toks = _RUN_RE.findall(text.lower().translate(_FOLD_QUOTES))
+    found = []
+    for n in (1, 2, 3, 4):
+        times = 3 if n == 1 else 2
+        for i in range(len(toks) - times * n + 1):
+            run = toks[i : i + n]
+            if (all(t[0].isalnum() for t in run) and not REPEATABLE_WORDS & set(run)
+                    and all(toks[i + k * n : i + (k + 1) * n] == run for k in range(1, times))):
+                found.append(" ".join(run * times))
+    return found
+
+
 def repetition_problems(story: Story) -> list[str]:
     problems = []
+    stuttered = stutters(story.text)
+    if stuttered:
+        problems.append(f"a stutter: '{stuttered[0]}'")
     said = Counter(" ".join(words(s)) for s in story.sentences if len(words(s)) >= 3)
     if said and max(said.values()) > MAX_SENTENCE_REPEATS:
         problems.append(f"a sentence said {max(said.values())} times")

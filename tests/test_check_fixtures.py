@@ -80,7 +80,8 @@ def test_each_check_fails_some_adversarial_stories_and_passes_the_references(row
     ("field_dump", "taboo_present"), ("word_salad", "fluent"), ("shuffled_sentences", "coherent_order"),
     ("wrong_spec", "protagonist_named"), ("taboo_deleted", "taboo_present"), ("twist_deleted", "twist_present"),
     ("repetition_loop", "no_repetition"), ("spec_restated", "not_restated"), ("happy_ending", "unsettling_ending"),
-    ("one_paragraph", "paragraph_count"), ("object_missing", "object_used"),
+    ("one_paragraph", "paragraph_count"), ("object_missing", "object_used"), ("broken_spelling", "fluent"),
+    ("stutter", "no_repetition"),
 ])
 def test_each_kind_fails_the_check_made_for_it(rows, results, kind, check):
     mine = [res[check] for r, res in zip(rows, results) if r["kind"] == kind]

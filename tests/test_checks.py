@@ -165,6 +165,30 @@ def test_repetition_loops_are_caught():
     assert "no_repetition" in failed(phrase_loop)
 
 
+def test_stutters_are_caught_and_english_repeats_are_not():
+    # what the default run's DPO model wrote on unseen specs (eval/generations_test_unseen.jsonl)
+    for stutter in ("never whistle after sunset after sunset", "the pocket watch of the pocket watch of the",
+                    "a person person person wearing faces"):
+        story = GOOD.replace("Mina held the pocket watch and did not move.", f"Mina said {stutter} twice.")
+        assert "no_repetition" in failed(story), stutter
+    for english in ("closer and closer and closer", "ha ha ha", "very very quiet", "that that door", "no, no, no"):
+        story = GOOD.replace("Mina held the pocket watch and did not move.", f"Mina heard {english} again.")
+        assert "no_repetition" not in failed(story), english
+
+
+def test_broken_spellings_are_not_fluent():
+    one = GOOD.replace("the lights failed", "the lights faildeed")
+    assert "fluent" not in failed(one)  # one odd word: a typo, or a rare word wordfreq lacks
+    two = one.replace("did not move", "did not mlovve")
+    assert failed(two) == ["fluent"]
+    assert "2 words that are not English: faildeed, mlovve" in explain_story(two, SPEC)["fluent"]
+    # the spec's own invented words and capitalized names are not counted
+    spec = Spec(**{**SPEC.to_dict(), "object": "a glimmerwick lantern", "supporting": "Agnesz"})
+    invented = GOOD.replace("a pocket watch", "a glimmerwick lantern").replace("the pocket watch", "the glimmerwick "
+                            "lantern").replace("Agnes", "Agnesz")
+    assert "fluent" not in failed(invented.replace("did not move", "did not glimmerwick"), spec)
+
+
 def test_a_restated_spec_is_not_a_story():
     fields = build_prompt(SPEC).split("\n\n")[1]
     assert "not_restated" in failed(fields + "\n\n" + GOOD)
