@@ -67,11 +67,34 @@ def banned_by_ngram(seq: list[int], n: int, allowed: set[tuple[int, ...]] = froz
             if tuple(seq[i : i + n - 1]) == prefix and (*prefix, seq[i + n - 1]) not in allowed}
 
 
+NUCLEUS_CANDIDATES = 256  # top-p looks for its nucleus among this many most likely tokens first
+
+
+def nucleus_candidates(logits: torch.Tensor, top_p: float, k: int = NUCLEUS_CANDIDATES):
+    """(ids (B, k), logits (B, k) with -inf outside the nucleus) when every row's nucleus lies within its k most
+    likely tokens, else None. The same nucleus as `filter_logits`, without sorting the whole vocabulary."""
+    k = min(k, logits.shape[-1])
+    top, ids = torch.topk(logits, k, dim=-1)  # sorted, most likely first
+    probs = (top - torch.logsumexp(logits, dim=-1, keepdim=True)).exp()
+    if not bool((probs.sum(dim=-1) >= top_p).all()):
+        return None
+    drop = (probs.cumsum(dim=-1) - probs) >= top_p
+    drop[..., 0] = False
+    return ids, top.masked_fill(drop, float("-inf"))
+
+
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generators: list[torch.Generator]) -> torch.Tensor:
     """One token per row from (B, V) logits; row i draws from generators[i]. Greedy below GREEDY_BELOW."""
     if cfg.temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p), dim=-1).cpu()
+    scaled = filter_logits(logits.float() / cfg.temperature, cfg.top_k)
+    found = nucleus_candidates(scaled, cfg.top_p) if cfg.top_p < 1.0 else None
+    if found is not None:  # draw among the nucleus only: no sort or draw over the whole vocabulary
+        ids, kept = found
+        probs = torch.softmax(kept, dim=-1).cpu()
+        picks = [ids[i, int(torch.multinomial(probs[i], 1, generator=g))] for i, g in enumerate(generators)]
+        return torch.stack(picks).to(logits.device)
+    probs = torch.softmax(filter_logits(scaled, 0, cfg.top_p), dim=-1).cpu()
     picks = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]
     return torch.cat(picks).to(logits.device)
 

@@ -150,3 +150,23 @@ def test_settings_that_would_underflow_sample_greedily(settings):
 def test_top_p_always_keeps_the_most_likely_token():
     logits = torch.tensor([[1.0, 3.0, 2.0]])
     assert torch.isfinite(filter_logits(logits, top_p=1e-300))[0].tolist() == [False, True, False]
+
+
+def test_nucleus_candidates_keep_the_same_tokens_as_the_full_sort():
+    from pico.sampling import nucleus_candidates
+
+    g = torch.Generator().manual_seed(0)
+    for scale in (0.5, 2.0, 6.0):  # flat to peaked distributions
+        logits = torch.randn(8, 4096, generator=g) * scale
+        logits[0, :100] = float("-inf")  # banned tokens (the n-gram guard) take part as -inf
+        for top_p in (0.5, 0.9, 0.95):
+            found = nucleus_candidates(logits, top_p)
+            full = torch.isfinite(filter_logits(logits, top_p=top_p))
+            if found is None:  # a nucleus wider than the candidates: the caller sorts everything
+                assert (full.sum(-1) > 256).any()
+                continue
+            ids, kept = found
+            mine = torch.zeros_like(full).scatter(-1, ids, torch.isfinite(kept))
+            assert torch.equal(mine, full)
+    flat = torch.zeros(1, 4096)
+    assert nucleus_candidates(flat, 0.95) is None
