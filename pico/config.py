@@ -121,6 +121,7 @@ class FinetuneConfig(TrainConfig):  # sft and dpo: both train on (prompt, respon
 class SFTConfig(FinetuneConfig):
     KEY = "sft"
     copy_share: float = knob("induction rows added to each batch, x its rows (copy_rows.py); 0 = off", "[0, 1]")
+    copy_stop: bool = knob("induction rows end each copy on a different token, in the loss: copies learn to stop")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -60,15 +60,28 @@ def keyword_example(story: str, rng: random.Random) -> str:
     return f"{header}\n\nStory:\n{story}"
 
 
-def pairs_row(tokens: torch.Tensor, width: int, eot: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+def pairs_row(tokens: torch.Tensor, width: int, eot: int, rng: random.Random,
+              stop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """A row of `width` ids: shuffled 16-64-token segments of `tokens`, each twice in a row, then EOT; and a
-    bool mask of the ids in a second copy (the ones a copier predicts)."""
+    bool mask of the ids in a second copy (the ones a copier predicts).
+
+    With `stop`, each copy ends on a token of its own (two different tokens drawn from `tokens`) and the second
+    copy's end is in the mask: a copier must learn where a copy stops, not only how it goes on. A spec's value
+    in a prompt is followed by a newline, the same value in a story by anything else (RESEARCH.md, finding 18).
+    """
     parts, second, n = [], [], 0
     g = torch.Generator().manual_seed(rng.randrange(1 << 30))
     while n < width:
         length = rng.randint(16, 64)
         src = rng.randrange(0, len(tokens) - length)
         segment = tokens[src : src + length][torch.randperm(length, generator=g)]
+        if stop:
+            first_end, second_end = _two_different(tokens, rng)
+            parts += [segment, first_end, segment, second_end, torch.tensor([eot])]
+            second += [torch.zeros(length + 1, dtype=torch.bool), torch.ones(length + 1, dtype=torch.bool),
+                       torch.zeros(1, dtype=torch.bool)]
+            n += 2 * length + 3
+            continue
         parts += [segment, segment, torch.tensor([eot])]
         second += [torch.zeros(length, dtype=torch.bool), torch.ones(length, dtype=torch.bool),
                    torch.zeros(1, dtype=torch.bool)]
@@ -76,7 +89,18 @@ def pairs_row(tokens: torch.Tensor, width: int, eot: int, rng: random.Random) ->
     return torch.cat(parts)[:width], torch.cat(second)[:width]
 
 
-def with_copy_replay(batch: dict, tokens: torch.Tensor, share: float, eot: int, seed: int, k: int) -> dict:
+def _two_different(tokens: torch.Tensor, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two tokens of `tokens` at random positions, different ids (one-id streams give the same id twice)."""
+    a = tokens[rng.randrange(len(tokens))]
+    for _ in range(64):
+        b = tokens[rng.randrange(len(tokens))]
+        if b != a:
+            break
+    return a.reshape(1), b.reshape(1)
+
+
+def with_copy_replay(batch: dict, tokens: torch.Tensor, share: float, eot: int, seed: int, k: int,
+                     stop: bool = False) -> dict:
     """A fine-tuning micro-batch with round(share x B) induction rows (`pairs_row` of `tokens`) appended, as
     long as its other rows, the loss on their second copies only: SFT on template stories otherwise unlearns
     copying arbitrary text (RESEARCH.md). A pure function of (seed, k), like the batch itself."""
@@ -85,7 +109,7 @@ def with_copy_replay(batch: dict, tokens: torch.Tensor, share: float, eot: int, 
     if n == 0:
         return batch
     rng = random.Random(stable_seed(seed, k, 11))
-    rows, masks = zip(*(pairs_row(tokens, T + 1, eot, rng) for _ in range(n)))
+    rows, masks = zip(*(pairs_row(tokens, T + 1, eot, rng, stop) for _ in range(n)))
     ids, second = torch.stack(rows), torch.stack(masks)
     out = dict(batch)
     out["input_ids"] = torch.cat([batch["input_ids"], ids[:, :-1]])

@@ -88,3 +88,30 @@ def test_copy_replay_appends_induction_rows_whose_loss_is_on_second_copies_only(
     assert not torch.equal(with_copy_replay(batch, stream, 0.5, eot=1, seed=3, k=8)["input_ids"][4:],
                            out["input_ids"][4:])
     assert with_copy_replay(batch, stream, 0.0, eot=1, seed=3, k=7) is batch
+
+
+def test_stop_rows_end_each_copy_on_a_different_token_in_the_loss():
+    import random
+
+    from pico.copy_rows import pairs_row
+
+    stream = torch.arange(100, 600)
+    plain = pairs_row(stream, 400, 1, random.Random(5))
+    assert torch.equal(plain[0], pairs_row(stream, 400, 1, random.Random(5), stop=False)[0])  # the default is as before
+    ids, second = pairs_row(stream, 400, 1, random.Random(5), stop=True)
+    t, runs = 0, 0
+    while t < len(second):
+        if second[t]:
+            start = t
+            while t < len(second) and second[t]:
+                t += 1
+            n = t - start  # segment + its end token
+            if t == len(second):
+                break
+            first = ids[start - n : start]  # the first copy, with its own end token
+            assert torch.equal(ids[start : t - 1], first[:-1])  # the segment copied...
+            assert ids[t - 1] != first[-1]  # ...then a different end, which the loss sees
+            assert ids[t] == 1  # EOT after each pair
+            runs += 1
+        t += 1
+    assert runs >= 2

@@ -92,7 +92,8 @@ def sft(cfg: SFTConfig, base: Checkpoint, tok: Tokenizer, train_rows: list[dict]
         stream = torch.tensor([i for e in train_enc for i in e.ids])
 
         def replayed(k: int) -> dict:
-            return with_copy_replay(train_batches.micro(k), stream, cfg.copy_share, tok.eot_id, cfg.seed, k)
+            return with_copy_replay(train_batches.micro(k), stream, cfg.copy_share, tok.eot_id, cfg.seed, k,
+                                    cfg.copy_stop)
         get_batch = replayed
     result, counts = _fine_tune(cfg, base.model, train_batches, lm_loss, evaluate, resume, run_id, get_batch)
     model = base.model
