@@ -8,12 +8,12 @@ Row 3 of the file gives the prompt; the text after it is the story so far.
 
 from __future__ import annotations
 
-import json
 import sys
 
 import torch
 
 from pico.checkpoint import load_checkpoint
+from pico.io import read_jsonl
 from pico.prompt import encode_prompt
 from pico.tokenizer import load_tokenizer
 
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     model = load_checkpoint(ckpt).model.eval()
     if model.copy is None:
         raise SystemExit(f"{ckpt}: the model has no copy head")
-    prompt = json.loads(open(rows_path, encoding="utf-8").read().splitlines()[row])["prompt"]
+    prompt = read_jsonl(rows_path, required=("prompt",))[row]["prompt"]
     idx = torch.tensor([encode_prompt(tok, prompt) + tok.encode(prefix)])
     hidden = model(idx, return_hidden=True)
     keys, slot_ids, key_mask = model._copy_slots(idx, hidden, model.wte(idx))
