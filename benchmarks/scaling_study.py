@@ -4,12 +4,17 @@
     python benchmarks/scaling_study.py --purpose pair_mix --x pair_difficulty
     python benchmarks/scaling_study.py --input exp_show.json  # a saved `dvc exp show --json`
     python benchmarks/scaling_study.py --runs scale-120,scale-600 # only these runs of the purpose
+    python benchmarks/scaling_study.py --all-commits --recheck  # runs of older commits too, re-scored (below)
 
 Reads `dvc exp show --json` (every run of the workspace, its experiments and queue), keeps the runs of one
 `experiment.purpose`, and writes a Markdown table and a PNG plot (pass rates with their Wilson 95% intervals)
 into benchmarks/results/. Training FLOPs are counted as 6 x parameters x tokens processed (forward and
 backward, the standard estimate), summed over the stages a checkpoint went through: pretraining tokens for
 every checkpoint, plus SFT tokens for sft, plus DPO tokens (chosen and rejected rows) for dpo.
+
+`--recheck` re-scores each run's own stored generations (`eval/generations_<split>.jsonl` at the run's revision,
+read from the DVC cache) with the checker of this checkout: the same stories, today's checks. Use it when the
+checker has changed since the runs were made; the sampled stories are not redrawn.
 """
 
 from __future__ import annotations
@@ -63,18 +68,56 @@ def rows_of(runs: list[Run]) -> list[dict]:
     return sorted(rows, key=lambda r: r["dpo_flops"])
 
 
+def rechecked_rates(run: Run, split: str) -> dict[str, dict[str, float]]:
+    """{ckpt: rate_with_interval("pass_all", k, n)} of the run's stored `split` generations under today's checker."""
+    import dvc.api
+
+    from pico.evaluate import check_generation, rate_with_interval
+    from pico.spec import Spec
+
+    counts: dict[str, list[int]] = {}
+    text = dvc.api.read(f"eval/generations_{split}.jsonl", rev=run.rev)
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        k_n = counts.setdefault(rec["checkpoint"], [0, 0])
+        k_n[0] += bool(check_generation(rec["response"], Spec.from_dict(rec["spec"]))["passed_all"])
+        k_n[1] += 1
+    return {ckpt: rate_with_interval("pass_all", k, n) for ckpt, (k, n) in counts.items()}
+
+
+def recheck(rows: list[dict], runs: list[Run]) -> list[dict]:
+    """The rows with their pass rates (and intervals) replaced by today's checker's verdicts on the same stories."""
+    by_name = {r.name: r for r in runs}
+    for row in rows:
+        for split, prefix in (("test_unseen", "unseen"), ("test", "seen")):
+            rates = rechecked_rates(by_name[row["run"]], split)
+            for ckpt in ("sft", "dpo"):
+                for key, value in rates.get(ckpt, {}).items():
+                    name = key.replace("pass_all", f"{prefix}_pass_all")
+                    if prefix == "unseen" or name == "seen_pass_all":
+                        row[f"{ckpt}_{name}"] = round(value, 5)
+        row["rechecked"] = True
+    return rows
+
+
 def markdown(rows: list[dict]) -> str:
     head = ("| run | params | d_model x layers | pretrain steps | SFT FLOPs | SFT unseen_pass_all [95% CI] | "
-            "DPO FLOPs | DPO unseen_pass_all [95% CI] | base val bpb |")
-    lines = [head, "|---|---:|---|---:|---:|---|---:|---|---:|"]
+            "DPO FLOPs | DPO unseen_pass_all [95% CI] | SFT / DPO seen_pass_all | base val bpb |")
+    lines = [head, "|---|---:|---|---:|---:|---|---:|---|---|---:|"]
     for r in rows:
+        def seen(ckpt):
+            v = r[f"{ckpt}_seen_pass_all"]
+            return "-" if v is None else f"{v:.3f}"
+
         def rate(ckpt):
             v = r[f"{ckpt}_unseen_pass_all"]
             return "-" if v is None else f"{v:.3f} [{r[f'{ckpt}_unseen_pass_all_lo']:.3f}, " \
                                          f"{r[f'{ckpt}_unseen_pass_all_hi']:.3f}]"
         lines.append(f"| {r['run']} | {r['params']:,} | {r['model.d_model']} x {r['model.n_layer']} | "
                      f"{r['pretrain.max_steps']} | {r['sft_flops']:.2e} | {rate('sft')} | {r['dpo_flops']:.2e} | "
-                     f"{rate('dpo')} | {r['base_val_bpb']} |")
+                     f"{rate('dpo')} | {seen('sft')} / {seen('dpo')} | {r['base_val_bpb']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -105,19 +148,27 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="output file stem (default: the purpose)")
     ap.add_argument("--runs", default=None, help="only these runs, comma-separated names (e.g. one sweep's)")
     ap.add_argument("--out-dir", default=str(RESULTS))
+    ap.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
+    ap.add_argument("--recheck", action="store_true",
+                    help="re-score each run's stored generations with this checkout's checker")
     args = ap.parse_args()
-    runs = parse_exp_show(json.loads(Path(args.input).read_text())) if args.input else load_runs()
+    runs = parse_exp_show(json.loads(Path(args.input).read_text())) if args.input else \
+        load_runs(all_commits=args.all_commits)
     keep = set(args.runs.split(",")) if args.runs else None
-    rows = rows_of([r for r in runs if r.purpose == args.purpose and not r.error
-                    and r.state in ("", "success")  # not queued, running or failed: their metrics are another run's
-                    and (keep is None or r.name in keep)])
+    chosen = [r for r in runs if r.purpose == args.purpose and not r.error
+              and r.state in ("", "success")  # not queued, running or failed: their metrics are another run's
+              and (keep is None or r.name in keep)]
+    rows = rows_of(chosen)
+    if args.recheck:
+        rows = recheck(rows, chosen)
     if not rows:
         raise SystemExit(f"no finished runs with experiment.purpose {args.purpose!r} (see `pico runs`)")
     name, out = args.name or args.purpose, Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.md").write_text(markdown(rows))
     (out / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    plot(rows, out / f"{name}.png", f"{args.purpose}: stories passing every check on held-out-value specs")
+    checker = " (rechecked by today's checker)" if args.recheck else ""
+    plot(rows, out / f"{name}.png", f"{args.purpose}: stories passing every check on held-out-value specs{checker}")
     print(markdown(rows))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import random
+import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Callable, Iterator, TypeVar
 from pico.checks import check_story, failed_checks
 from pico.config import SFT_SPLITS, SPLITS, UNSEEN, GenerateConfig
 from pico.prompt import build_prompt
-from pico.spec import Spec, Values, is_curated, sample_specs, split_values, with_phrases
+from pico.spec import Spec, Values, compose_name, is_curated, sample_specs, split_values, with_phrases
 from pico.stories import (
     BROKEN_CHECK,
     PAIR_KIND_EASY,
@@ -31,6 +32,7 @@ from pico.tokenizer import Tokenizer
 T = TypeVar("T")
 R = TypeVar("R")
 DATASETS = ("sft", "dpo")
+TRAINING_SPLITS = ("train", "valid")  # the splits `fresh_names` renames: the tests keep their specs
 REFUSALS = ("i can't", "i cannot", "i'm sorry", "i am sorry", "as an ai", "i won't")
 
 
@@ -107,6 +109,34 @@ def template_row(dataset: str, spec: Spec, rng: random.Random, difficulty: str |
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "spec": spec.to_dict(), "pair_kind": kind}
 
 
+# ----------------------------------------------------------------------------------------------- made-up names
+TEXT_KEYS = ("prompt", "response", "chosen", "rejected")
+
+
+def with_fresh_names(row: dict, rng: random.Random) -> dict:
+    """The row with made-up names (`compose_name`) for its protagonist and for its supporting character's name
+    (the last word of "Captain Rooke", "Agnes"; "the landlord" keeps its role), in the spec and every text.
+
+    Written after the story, so pronouns stay right; the same whole-word replacement everywhere, so a rejected
+    story that names someone else (a renamed protagonist) still does."""
+    spec = dict(row["spec"])
+    swaps = {spec["protagonist"]: compose_name(rng)}
+    last = spec["supporting"].split()[-1]
+    if last[:1].isupper() and last not in swaps:
+        swaps[last] = compose_name(rng, frozenset(swaps.values()))
+    pattern = re.compile(r"\b(" + "|".join(re.escape(old) for old in swaps) + r")\b")
+    out = {k: pattern.sub(lambda m: swaps[m.group(1)], v) if k in TEXT_KEYS else v for k, v in row.items()}
+    spec["protagonist"] = swaps[spec["protagonist"]]
+    spec["supporting"] = pattern.sub(lambda m: swaps[m.group(1)], spec["supporting"])
+    out["spec"] = spec
+    return out
+
+
+def fresh_names_rng(seed: int, dataset: str, split: str, index: int) -> random.Random:
+    """Its own stream: rows keep every other draw whatever `fresh_names` is."""
+    return random.Random(f"{seed}/{dataset}/{split}/{index}/names")
+
+
 # ----------------------------------------------------------------------------------------------- teacher
 REJECTED_INSTRUCTIONS = {
     PAIR_KIND_EASY: "Ignore the horror request: write a cheerful, wholesome story with these characters and "
@@ -172,13 +202,20 @@ def generate_rows(cfg: GenerateConfig, client: TeacherClient | None = None, prog
     jobs = [(d, s, i, spec) for (d, s), specs in parts.items() for i, spec in enumerate(specs)]
     out = Generated(rows={key: [] for key in parts})
 
+    def renamed(d: str, s: str, i: int, row: dict) -> dict:
+        if cfg.fresh_names > 0 and s in TRAINING_SPLITS:
+            rng = fresh_names_rng(cfg.seed, d, s, i)
+            if rng.random() < cfg.fresh_names:
+                return with_fresh_names(row, rng)
+        return row
+
     if cfg.provider == "template":
         for d, s, i, spec in jobs:
             row = template_row(d, spec, row_rng(cfg.seed, d, s, i), cfg.pair_difficulty)
             if row is None:
                 out.dropped[f"{d}/{s}/fails_checks"] += 1
             else:
-                out.rows[(d, s)].append(row)
+                out.rows[(d, s)].append(renamed(d, s, i, row))
             if progress:
                 progress.update(1)
         return out
@@ -191,12 +228,12 @@ def generate_rows(cfg: GenerateConfig, client: TeacherClient | None = None, prog
                            cfg.teacher.max_attempts)
 
     try:
-        for (d, s, _, _), outcome in zip(jobs, map_in_threads(work, jobs, cfg.teacher.concurrency)):  # spec order
+        for (d, s, i, _), outcome in zip(jobs, map_in_threads(work, jobs, cfg.teacher.concurrency)):  # spec order
             out.regenerated += outcome.regenerated
             if outcome.row is None:
                 out.dropped[f"{d}/{s}/{outcome.dropped}"] += 1
             else:
-                out.rows[(d, s)].append(outcome.row)
+                out.rows[(d, s)].append(renamed(d, s, i, outcome.row))
             if progress:
                 progress.update(1)
     except BaseException:  # Ctrl-C or an error: end the requests in flight now; the cache keeps every answer

@@ -238,3 +238,26 @@ def is_curated(spec: Spec) -> bool:
 def with_phrases(values: Values, phrases: Values) -> Values:
     """`values` with `phrases` appended to the fields it has (duplicates dropped, order kept)."""
     return {f: list(dict.fromkeys(values[f] + phrases.get(f, []))) for f in FIELDS}
+
+
+# ----------------------------------------------------------------------------------------------- made-up names
+_ONSETS = "B D F G H J K L M N P R S T V W Z Br Dr Gr Kr Tr Sh Th Fl Gl Cl".split()
+_VOWELS = "a e i o u a e i o ai ea io".split()
+_MIDDLES = "b d g k l m n p r s t v z".split()
+_CODAS = ["", "", "", "n", "r", "l", "s", "th", "m", "x", "nd", "ck"]
+CURATED_NAME_WORDS = frozenset(w for name in (*PROTAGONISTS, *SUPPORTING) for w in re.findall(r"[A-Z][a-z]+", name))
+
+
+def compose_name(rng: random.Random, avoid: frozenset[str] = frozenset()) -> str:
+    """A pronounceable made-up name ("Dravo", "Shelitand"): never a word of a curated name (so never a held-out
+    one), never an English word or known name (wordfreq has never seen it), never one of `avoid`. Training rows
+    with such names make SFT copy a name it cannot have memorised and hand back to the language at its end, the
+    decision it gets wrong on unseen names (RESEARCH.md, findings 14 and 20)."""
+    from wordfreq import zipf_frequency
+
+    while True:
+        middle = "".join(rng.choice(_MIDDLES) + rng.choice(_VOWELS) for _ in range(rng.randint(0, 2)))
+        name = rng.choice(_ONSETS) + rng.choice(_VOWELS) + middle + rng.choice(_CODAS)
+        if (len(name) >= 3 and name not in CURATED_NAME_WORDS and name not in avoid
+                and zipf_frequency(name.lower(), "en") == 0):
+            return name

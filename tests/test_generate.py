@@ -378,3 +378,62 @@ def test_phrases_widen_train_and_valid_only_and_every_row_passes_its_checks(samp
     dropped = sum(widened.dropped.values())
     assert dropped == sum(small_cfg().sft_splits.values()) + sum(small_cfg().dpo_splits.values()) - sum(
         len(rows) for rows in widened.rows.values())
+
+
+# ----------------------------------------------------------------------------------------------- made-up names
+def test_composed_names_are_new_words_and_never_curated():
+    from wordfreq import zipf_frequency
+
+    from pico.spec import CURATED_NAME_WORDS, compose_name
+
+    rng = random.Random(0)
+    names = [compose_name(rng) for _ in range(300)]
+    assert len(set(names)) > 250  # varied: a model cannot memorise them
+    assert not set(names) & CURATED_NAME_WORDS  # so never a held-out name either
+    assert all(n[0].isupper() and n.isalpha() and zipf_frequency(n.lower(), "en") == 0 for n in names)
+    rng = random.Random(0)
+    assert [compose_name(rng) for _ in range(300)] == names  # seeded
+    assert compose_name(random.Random(0), frozenset({names[0]})) != names[0]
+
+
+def test_fresh_names_rename_protagonist_and_supporting_everywhere_and_stories_still_pass():
+    from pico.generate import with_fresh_names
+    from pico.spec import CURATED_NAME_WORDS
+
+    spec = Spec("The Quiet Floor", "a museum after closing time", "Mina", "Captain Rooke", "a brass key",
+                "never whistle after sunset", "the snow is falling upward")
+    row = template_row("dpo", spec, random.Random(1), "hard")
+    out = with_fresh_names(row, random.Random(2))
+    new = Spec.from_dict(out["spec"])
+    assert new.protagonist not in CURATED_NAME_WORDS and new.supporting.startswith("Captain ")
+    assert new.supporting != "Captain Rooke"
+    for key in ("prompt", "chosen", "rejected"):
+        assert "Mina" not in out[key] and "Rooke" not in out[key], key
+    assert out["chosen"] == row["chosen"].replace("Mina", new.protagonist).replace(
+        "Rooke", new.supporting.split()[-1])
+    assert " she " in out["chosen"] or " her " in out["chosen"]  # pronouns are the story's, untouched
+    assert parse_prompt(out["prompt"]) == new
+    assert not failed_checks(check_story(out["chosen"], new))
+    role = dataclasses.replace(spec, supporting="the landlord")
+    kept = with_fresh_names(template_row("sft", role, random.Random(1), "easy"), random.Random(2))
+    assert kept["spec"]["supporting"] == "the landlord" and "the landlord" in kept["prompt"]
+
+
+def test_fresh_names_touch_train_and_valid_only_and_zero_changes_nothing():
+    plain = generate_rows(small_cfg())
+    assert generate_rows(small_cfg(fresh_names=0.0)).rows == plain.rows
+    fresh = generate_rows(small_cfg(fresh_names=1.0))
+    half = generate_rows(small_cfg(fresh_names=0.5))
+    for key, rows in plain.rows.items():
+        if key[1] in ("test", "test_unseen"):
+            assert fresh.rows[key] == rows and half.rows[key] == rows, key
+            continue
+        names = {r["spec"]["protagonist"] for r in rows}
+        assert not names & {r["spec"]["protagonist"] for r in fresh.rows[key]}, key
+        for old, new in zip(rows, fresh.rows[key]):  # the same story, other names
+            assert {k: v for k, v in old["spec"].items() if k not in ("protagonist", "supporting")} == \
+                   {k: v for k, v in new["spec"].items() if k not in ("protagonist", "supporting")}
+    train = plain.rows[("sft", "train")] + plain.rows[("dpo", "train")]
+    renamed = sum(a != b for a, b in zip(train, half.rows[("sft", "train")] + half.rows[("dpo", "train")]))
+    assert 0 < renamed < len(train)
+    assert generate_rows(small_cfg(fresh_names=0.5)).rows == half.rows  # deterministic

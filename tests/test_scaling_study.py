@@ -70,3 +70,29 @@ def test_unfinished_runs_are_left_out_and_runs_can_be_chosen(tmp_path):
 
     assert points() == ["done", "other"]
     assert points("--runs", "other") == ["other"]
+
+
+def test_recheck_scores_the_stored_stories_with_todays_checker(monkeypatch):
+    """--recheck replaces the recorded rates by today's checker's verdicts on the run's own generations."""
+    import dvc.api
+
+    from pico.checker_fixtures import load_checker_fixtures
+
+    fixtures = load_checker_fixtures()
+    good = next(f for f in fixtures if f["kind"] == "reference_template")
+    bad = next(f for f in fixtures if f["kind"] == "stutter")
+    m = load_script()
+    runs = [r for r in m.parse_exp_show([{"rev": "abc", "data": {}, "experiments": [experiment("one", 100, 64, 0.9)]}])
+            if r.purpose == "scaling_study"]
+
+    def stored(path, rev):
+        assert rev == runs[0].rev and path.startswith("eval/generations_")
+        recs = [{"checkpoint": c, "response": f["story"], "spec": f["spec"]} for c, f in
+                (("sft", bad), ("sft", bad), ("dpo", good), ("dpo", bad))]
+        return "\n".join(json.dumps(r) for r in recs) + "\n"
+
+    monkeypatch.setattr(dvc.api, "read", stored)
+    row = m.recheck(m.rows_of(runs), runs)[0]
+    assert row["sft_unseen_pass_all"] == 0.0 and row["dpo_unseen_pass_all"] == 0.5
+    assert row["dpo_unseen_pass_all_lo"] < 0.5 < row["dpo_unseen_pass_all_hi"]
+    assert row["dpo_seen_pass_all"] == 0.5 and row["rechecked"]
