@@ -32,7 +32,7 @@ from pico.runs import Run, get_path, load_runs, parse_exp_show  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PARAMS = ["model.d_model", "model.n_layer", "pretrain.max_steps", "sft.epochs", "sft.max_steps", "dpo.epochs",
-          "generate.pair_difficulty", "generate.sft_splits.train"]
+          "generate.pair_difficulty", "generate.sft_splits.train", "generate.fresh_names"]
 
 
 def stage_metrics(run: Run, stage: str) -> dict:
@@ -103,9 +103,9 @@ def recheck(rows: list[dict], runs: list[Run]) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| run | params | d_model x layers | pretrain steps | SFT FLOPs | SFT unseen_pass_all [95% CI] | "
+    head = ("| run | params | d_model x layers | pretrain steps | fresh_names | SFT FLOPs | SFT unseen_pass_all [95% CI] | "
             "DPO FLOPs | DPO unseen_pass_all [95% CI] | SFT / DPO seen_pass_all | base val bpb |")
-    lines = [head, "|---|---:|---|---:|---:|---|---:|---|---|---:|"]
+    lines = [head, "|---|---:|---|---:|---:|---:|---|---:|---|---|---:|"]
     for r in rows:
         def seen(ckpt):
             v = r[f"{ckpt}_seen_pass_all"]
@@ -116,20 +116,31 @@ def markdown(rows: list[dict]) -> str:
             return "-" if v is None else f"{v:.3f} [{r[f'{ckpt}_unseen_pass_all_lo']:.3f}, " \
                                          f"{r[f'{ckpt}_unseen_pass_all_hi']:.3f}]"
         lines.append(f"| {r['run']} | {r['params']:,} | {r['model.d_model']} x {r['model.n_layer']} | "
-                     f"{r['pretrain.max_steps']} | {r['sft_flops']:.2e} | {rate('sft')} | {r['dpo_flops']:.2e} | "
+                     f"{r['pretrain.max_steps']} | {fresh_names(r)} | {r['sft_flops']:.2e} | {rate('sft')} | {r['dpo_flops']:.2e} | "
                      f"{rate('dpo')} | {seen('sft')} / {seen('dpo')} | {r['base_val_bpb']} |")
     return "\n".join(lines) + "\n"
 
 
+def fresh_names(row: dict) -> float:
+    return float(row.get("generate.fresh_names") or 0.0)  # runs from before the knob had none
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
+    """One line per checkpoint and data recipe (`fresh_names`): points of different data are not one curve."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for ckpt, color in (("sft", "#4c72b0"), ("dpo", "#c44e52")):
-        pts = [r for r in rows if r[f"{ckpt}_unseen_pass_all"] is not None]
+    series = [(ckpt, share) for share in sorted({fresh_names(r) for r in rows}) for ckpt in ("sft", "dpo")]
+    for i, (ckpt, share) in enumerate(series):
+        color = {"sft": "#4c72b0", "dpo": "#c44e52"}[ckpt]
+        pts = [r for r in rows if r[f"{ckpt}_unseen_pass_all"] is not None and fresh_names(r) == share]
+        if not pts:
+            continue
         xs = [r[f"{ckpt}_flops"] for r in pts]
         ys = [r[f"{ckpt}_unseen_pass_all"] for r in pts]
         err = [[y - r[f"{ckpt}_unseen_pass_all_lo"] for y, r in zip(ys, pts)],
                [r[f"{ckpt}_unseen_pass_all_hi"] - y for y, r in zip(ys, pts)]]
-        ax.errorbar(xs, ys, yerr=err, fmt="o-", color=color, capsize=3, label=ckpt.upper())
+        label = ckpt.upper() + (f", fresh_names {share:g}" if len(series) > 2 else "")
+        ax.errorbar(xs, ys, yerr=err, fmt="o-" if i < 2 else "s--", color=color, capsize=3, label=label,
+                    alpha=1.0 if i < 2 else 0.75)
     ax.set_xscale("log")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("training FLOPs (6 x params x tokens, all stages so far)")
