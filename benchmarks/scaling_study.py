@@ -139,8 +139,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         err = [[y - r[f"{ckpt}_unseen_pass_all_lo"] for y, r in zip(ys, pts)],
                [r[f"{ckpt}_unseen_pass_all_hi"] - y for y, r in zip(ys, pts)]]
         label = ckpt.upper() + (f", fresh_names {share:g}" if len(series) > 2 else "")
-        ax.errorbar(xs, ys, yerr=err, fmt="o-" if i < 2 else "s--", color=color, capsize=3, label=label,
-                    alpha=1.0 if i < 2 else 0.75)
+        ax.errorbar(xs, ys, yerr=err, fmt="os^v"[i // 2 % 4] + ("-" if i < 2 else "--"), color=color, capsize=3,
+                    label=label, alpha=1.0 if i < 2 else 0.75)
     ax.set_xscale("log")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("training FLOPs (6 x params x tokens, all stages so far)")
@@ -178,8 +178,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.md").write_text(markdown(rows))
     (out / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    checker = " (rechecked by today's checker)" if args.recheck else ""
-    plot(rows, out / f"{name}.png", f"{args.purpose}: stories passing every check on held-out-value specs{checker}")
+    checker = " (today's checker)" if args.recheck else ""
+    plot(rows, out / f"{name}.png", f"{args.purpose}: unseen-spec stories passing every check{checker}")
     print(markdown(rows))
 
 
