@@ -30,7 +30,7 @@ import pico.model
 import pico.recipes.finetune as recipes
 from pico.checkpoint import load_checkpoint
 from pico.config import load_params
-from pico.copy_rows import CopyRows, pairs_row, with_copy_replay
+from pico.copy_rows import CopyRows, append_rows, pairs_row, with_copy_replay
 from pico.copying import field_copy_metrics, induction_batch, induction_nll
 from pico.data import TokenWindows, stable_seed
 from pico.device import resolve_precision
@@ -61,14 +61,7 @@ def keyword_replay(keyword_rows: list[list[int]]):
                 row, mask = pairs_row(tokens, T + 1, eot, rng, stop)
                 rows.append(row)
                 masks.append(mask)
-        ids, mask = torch.stack(rows), torch.stack(masks)
-        out = dict(batch)
-        out["input_ids"] = torch.cat([batch["input_ids"], ids[:, :-1]])
-        out["targets"] = torch.cat([batch["targets"], ids[:, 1:]])
-        out["loss_mask"] = torch.cat([batch["loss_mask"], mask[:, 1:].to(batch["loss_mask"].dtype)])
-        out["n_items"] = int(out["loss_mask"].sum().item())
-        out["tokens"] = batch["tokens"] + n * T
-        return out
+        return append_rows(batch, torch.stack(rows), torch.stack(masks))
     return replay
 
 

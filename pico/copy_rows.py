@@ -110,13 +110,17 @@ def with_copy_replay(batch: dict, tokens: torch.Tensor, share: float, eot: int, 
         return batch
     rng = random.Random(stable_seed(seed, k, 11))
     rows, masks = zip(*(pairs_row(tokens, T + 1, eot, rng, stop) for _ in range(n)))
-    ids, second = torch.stack(rows), torch.stack(masks)
+    return append_rows(batch, torch.stack(rows), torch.stack(masks))
+
+
+def append_rows(batch: dict, rows: torch.Tensor, mask: torch.Tensor) -> dict:
+    """A fine-tuning micro-batch with `rows` (n, T + 1) of ids appended, the loss where `mask` (n, T + 1) holds."""
     out = dict(batch)
-    out["input_ids"] = torch.cat([batch["input_ids"], ids[:, :-1]])
-    out["targets"] = torch.cat([batch["targets"], ids[:, 1:]])
-    out["loss_mask"] = torch.cat([batch["loss_mask"], second[:, 1:].to(batch["loss_mask"].dtype)])
+    out["input_ids"] = torch.cat([batch["input_ids"], rows[:, :-1]])
+    out["targets"] = torch.cat([batch["targets"], rows[:, 1:]])
+    out["loss_mask"] = torch.cat([batch["loss_mask"], mask[:, 1:].to(batch["loss_mask"].dtype)])
     out["n_items"] = int(out["loss_mask"].sum().item())
-    out["tokens"] = batch["tokens"] + n * T
+    out["tokens"] = batch["tokens"] + rows.shape[0] * (rows.shape[1] - 1)
     return out
 
 
