@@ -164,6 +164,8 @@ class GenerateConfig(Section):
     phrase_values: int = knob("values per field cut from TinyStories for train/valid specs (0 = none)", "[0, 100000]")
     fresh_names: float = knob("share of train/valid rows whose protagonist and supporting character get made-up "
                               "names (pico.spec.compose_name)", "[0, 1]")
+    fresh_words: float = knob("share of train/valid object, taboo and twist values (each drawn on its own) whose "
+                              "last word becomes a made-up one (pico.spec.compose_word)", "[0, 1]")
     teacher: TeacherConfig = knob("the teacher LLM (provider: openai)")
 
     def validate(self) -> None:

@@ -17,12 +17,15 @@ from typing import Callable, Iterator, TypeVar
 from pico.checks import check_story, failed_checks
 from pico.config import SFT_SPLITS, SPLITS, UNSEEN, GenerateConfig
 from pico.prompt import build_prompt
-from pico.spec import Spec, Values, compose_name, is_curated, sample_specs, split_values, with_phrases
+from pico.fluency import FUNCTION_WORDS
+from pico.spec import Spec, Values, compose_name, compose_word, is_curated, sample_specs, split_values, with_phrases
 from pico.stories import (
     BROKEN_CHECK,
     PAIR_KIND_EASY,
     PAIR_KINDS_HARD,
+    cap,
     horror_story,
+    the,
     wholesome_story,
 )
 from pico.teacher import TeacherClient
@@ -32,7 +35,7 @@ from pico.tokenizer import Tokenizer
 T = TypeVar("T")
 R = TypeVar("R")
 DATASETS = ("sft", "dpo")
-TRAINING_SPLITS = ("train", "valid")  # the splits `fresh_names` renames: the tests keep their specs
+TRAINING_SPLITS = ("train", "valid")  # the splits `fresh_names`/`fresh_words` change: the tests keep their specs
 REFUSALS = ("i can't", "i cannot", "i'm sorry", "i am sorry", "as an ai", "i won't")
 
 
@@ -137,6 +140,71 @@ def fresh_names_rng(seed: int, dataset: str, split: str, index: int) -> random.R
     return random.Random(f"{seed}/{dataset}/{split}/{index}/names")
 
 
+# ----------------------------------------------------------------------------------------------- made-up words
+WORD_FIELDS = ("object", "taboo", "twist")  # the fields a story quotes whole, whose ends the model must find
+_LAST_WORD = re.compile(r"^(.*?)(\b(an?) )?([a-z]+)$")
+
+
+def fresh_value(value: str, word: str) -> str | None:
+    """`value` with its last word replaced by `word` ("a brass key" -> "a brass drovit"); None where that would
+    not read as English: the last word is a function word ("... slept in it") or not a word ("2 a.m."), or
+    directly follows "an" (the made-up words start with a consonant)."""
+    m = _LAST_WORD.match(value)
+    if not m or m.group(4) in FUNCTION_WORDS or m.group(3) == "an":
+        return None
+    return value[: m.start(4)] + word
+
+
+def _value_forms(value: str) -> list[str]:
+    """How a story may quote a value: as is, capitalised, and with "the" for its article ("the brass key")."""
+    return list(dict.fromkeys([value, cap(value), the(value), cap(the(value))]))
+
+
+def with_fresh_words(row: dict, rng: random.Random, share: float) -> dict:
+    """The row with each of its object, taboo and twist (drawn on its own with probability `share`) ending in a
+    made-up word (`compose_word`), in the spec and in every quote of the value in every text.
+
+    A field is left as it is where its last word is also used outside the quotes (a teacher's "the key" for
+    "a brass key": renaming the quotes alone would leave the story about a key), and the whole row is left as
+    it is where the new stories no longer pass their checks. Like `with_fresh_names`, this teaches the model to
+    copy a value it cannot have memorised and to find where it ends (RESEARCH.md, finding 22)."""
+    spec = dict(row["spec"])
+    swaps: dict[str, str] = {}
+    used: set[str] = set()
+    for f in WORD_FIELDS:
+        if rng.random() >= share:
+            continue
+        word = compose_word(rng, frozenset(used))
+        new_value = fresh_value(spec[f], word)
+        if new_value is None:
+            continue
+        old_word = spec[f].rsplit(" ", 1)[-1]
+        forms = dict(zip(_value_forms(spec[f]), _value_forms(new_value)))
+        quoted = re.compile("|".join(re.escape(v) for v in sorted(forms, key=len, reverse=True)))
+        alone = re.compile(rf"\b{re.escape(old_word)}\b", re.IGNORECASE)
+        texts = [row[k] for k in TEXT_KEYS if k in row]
+        if sum(len(alone.findall(t)) for t in texts) != sum(len(quoted.findall(t)) for t in texts):
+            continue
+        used.add(word)
+        swaps.update(forms)
+        spec[f] = new_value
+    if not swaps:
+        return row
+    pattern = re.compile("|".join(re.escape(v) for v in sorted(swaps, key=len, reverse=True)))
+    out = {k: pattern.sub(lambda m: swaps[m.group(0)], v) if k in TEXT_KEYS else v for k, v in row.items()}
+    out["spec"] = spec
+    new_spec = Spec.from_dict(spec)
+    chosen = out.get("chosen", out.get("response", ""))
+    valid = chosen_is_valid(chosen, new_spec) and (
+        "rejected" not in out or rejected_is_valid(out["rejected"], new_spec, out["pair_kind"]))
+    return out if valid else row
+
+
+def fresh_words_rng(seed: int, dataset: str, split: str, index: int) -> random.Random:
+    """Its own stream, like `fresh_names_rng`."""
+    return random.Random(f"{seed}/{dataset}/{split}/{index}/words")
+
+
 # ----------------------------------------------------------------------------------------------- teacher
 REJECTED_INSTRUCTIONS = {
     PAIR_KIND_EASY: "Ignore the horror request: write a cheerful, wholesome story with these characters and "
@@ -203,10 +271,14 @@ def generate_rows(cfg: GenerateConfig, client: TeacherClient | None = None, prog
     out = Generated(rows={key: [] for key in parts})
 
     def renamed(d: str, s: str, i: int, row: dict) -> dict:
-        if cfg.fresh_names > 0 and s in TRAINING_SPLITS:
+        if s not in TRAINING_SPLITS:
+            return row
+        if cfg.fresh_names > 0:
             rng = fresh_names_rng(cfg.seed, d, s, i)
             if rng.random() < cfg.fresh_names:
-                return with_fresh_names(row, rng)
+                row = with_fresh_names(row, rng)
+        if cfg.fresh_words > 0:
+            row = with_fresh_words(row, fresh_words_rng(cfg.seed, d, s, i), cfg.fresh_words)
         return row
 
     if cfg.provider == "template":

@@ -246,6 +246,7 @@ _VOWELS = "a e i o u a e i o ai ea io".split()
 _MIDDLES = "b d g k l m n p r s t v z".split()
 _CODAS = ["", "", "", "n", "r", "l", "s", "th", "m", "x", "nd", "ck"]
 CURATED_NAME_WORDS = frozenset(w for name in (*PROTAGONISTS, *SUPPORTING) for w in re.findall(r"[A-Z][a-z]+", name))
+CURATED_VALUE_WORDS = frozenset(w.lower() for f in FIELDS for v in VALUES[f] for w in re.findall(r"[A-Za-z]+", v))
 
 
 def compose_name(rng: random.Random, avoid: frozenset[str] = frozenset()) -> str:
@@ -261,3 +262,17 @@ def compose_name(rng: random.Random, avoid: frozenset[str] = frozenset()) -> str
         if (len(name) >= 3 and name not in CURATED_NAME_WORDS and name not in avoid
                 and zipf_frequency(name.lower(), "en") == 0):
             return name
+
+
+def compose_word(rng: random.Random, avoid: frozenset[str] = frozenset()) -> str:
+    """A pronounceable made-up lower-case word ("drovit", "glaimel") in the same syllables as `compose_name`:
+    never a word of any curated value (so never part of a held-out one), never a word wordfreq knows, never one
+    of `avoid`. `generate.fresh_words` ends object, taboo and twist values with such words (RESEARCH.md,
+    finding 22)."""
+    from wordfreq import zipf_frequency
+
+    while True:
+        middle = "".join(rng.choice(_MIDDLES) + rng.choice(_VOWELS) for _ in range(rng.randint(0, 2)))
+        word = (rng.choice(_ONSETS) + rng.choice(_VOWELS) + middle + rng.choice(_CODAS)).lower()
+        if len(word) >= 4 and word not in CURATED_VALUE_WORDS and word not in avoid and zipf_frequency(word, "en") == 0:
+            return word

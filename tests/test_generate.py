@@ -439,3 +439,88 @@ def test_fresh_names_touch_train_and_valid_only_and_zero_changes_nothing():
     renamed = sum(a != b for a, b in zip(train, half.rows[("sft", "train")] + half.rows[("dpo", "train")]))
     assert 0 < renamed < len(train)
     assert generate_rows(small_cfg(fresh_names=0.5)).rows == half.rows  # deterministic
+
+
+# ----------------------------------------------------------------------------------------------- made-up words
+def test_composed_words_are_new_lower_case_words_never_in_a_curated_value():
+    from wordfreq import zipf_frequency
+
+    from pico.spec import CURATED_VALUE_WORDS, compose_word
+
+    rng = random.Random(0)
+    words = [compose_word(rng) for _ in range(300)]
+    assert len(set(words)) > 250
+    assert not set(words) & CURATED_VALUE_WORDS  # so never a word of a held-out value
+    assert all(w.islower() and w.isalpha() and len(w) >= 4 and zipf_frequency(w, "en") == 0 for w in words)
+    rng = random.Random(0)
+    assert [compose_word(rng) for _ in range(300)] == words
+    assert compose_word(random.Random(0), frozenset({words[0]})) != words[0]
+
+
+def test_fresh_value_swaps_the_last_word_only_where_it_still_reads_as_english():
+    from pico.generate import fresh_value
+
+    assert fresh_value("a brass key", "drovit") == "a brass drovit"
+    assert fresh_value("a map drawn in pencil", "drovit") == "a map drawn in drovit"
+    assert fresh_value("never whistle after sunset", "drovit") == "never whistle after drovit"
+    assert fresh_value("an iron bell", "drovit") == "an iron drovit"
+    assert fresh_value("an hourglass", "drovit") is None  # "an drovit"
+    assert fresh_value("the house remembers everyone who slept in it", "drovit") is None  # function word
+    assert fresh_value("never answer knocks after 2 a.m.", "drovit") is None
+
+
+@pytest.mark.parametrize("dataset,kind", [("sft", "easy"), ("dpo", "easy"), ("dpo", "hard")])
+def test_fresh_words_end_object_taboo_and_twist_everywhere_and_stories_still_pass(dataset, kind):
+    from pico.generate import WORD_FIELDS, with_fresh_words
+    from pico.spec import CURATED_VALUE_WORDS
+
+    spec = Spec("The Quiet Floor", "a museum after closing time", "Mina", "Captain Rooke", "a brass key",
+                "never whistle after sunset", "the snow is falling upward")
+    row = template_row(dataset, spec, random.Random(1), kind)
+    out = with_fresh_words(row, random.Random(2), 1.0)
+    new = Spec.from_dict(out["spec"])
+    for f in WORD_FIELDS:
+        old_value, value = getattr(spec, f), getattr(new, f)
+        assert value.rsplit(" ", 1)[0] == old_value.rsplit(" ", 1)[0], f  # only the last word changes
+        assert value.rsplit(" ", 1)[1] not in CURATED_VALUE_WORDS, f
+    assert {f: getattr(new, f) for f in ("title", "setting", "protagonist", "supporting")} == \
+           {f: getattr(spec, f) for f in ("title", "setting", "protagonist", "supporting")}
+    texts = [k for k in ("prompt", "response", "chosen", "rejected") if k in row]
+    for key in texts:
+        for word in ("key", "sunset", "upward"):
+            assert not re.search(rf"\b{word}\b", out[key]), (key, word)
+    story = out.get("chosen", out.get("response"))
+    assert "the brass " + new.object.split()[-1] in story  # the story's later "the ..." quote follows too
+    assert parse_prompt(out["prompt"]) == new
+    assert not failed_checks(check_story(story, new))
+    assert with_fresh_words(row, random.Random(2), 0.0) == row
+
+
+def test_fresh_words_leave_a_value_whose_last_word_the_story_also_uses_alone():
+    from pico.generate import with_fresh_words
+
+    spec = Spec("The Quiet Floor", "a museum after closing time", "Mina", "Captain Rooke", "a brass key",
+                "never whistle after sunset", "the snow is falling upward")
+    row = template_row("sft", spec, random.Random(1), "easy")
+    row = {**row, "response": row["response"] + " She never found the lock that the key was made for."}
+    out = with_fresh_words(row, random.Random(2), 1.0)
+    assert out["spec"]["object"] == "a brass key" and "the key was made for" in out["response"]
+    assert out["spec"]["taboo"] != spec.taboo and out["spec"]["twist"] != spec.twist  # the others still change
+
+
+def test_fresh_words_touch_train_and_valid_only_and_zero_changes_nothing():
+    plain = generate_rows(small_cfg(fresh_words=0.0))
+    assert all(r["spec"][f] in VALUES[f] for rows in plain.rows.values() for r in rows for f in ("object", "taboo",
+                                                                                                  "twist"))
+    fresh = generate_rows(small_cfg(fresh_words=0.5))
+    changed = 0
+    for key, rows in plain.rows.items():
+        if key[1] in ("test", "test_unseen"):
+            assert fresh.rows[key] == rows, key
+            continue
+        for old, new in zip(rows, fresh.rows[key]):
+            diff = {f for f in FIELDS if old["spec"][f] != new["spec"][f]}
+            assert diff <= {"object", "taboo", "twist"}, diff
+            changed += bool(diff)
+    assert 0 < changed < sum(len(rows) for key, rows in plain.rows.items() if key[1] in ("train", "valid"))
+    assert generate_rows(small_cfg(fresh_words=0.5)).rows == fresh.rows  # deterministic
