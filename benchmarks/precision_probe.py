@@ -5,9 +5,12 @@ its val bits/byte (RESEARCH.md, finding 17).
     python benchmarks/precision_probe.py bf16 240 1337
     python benchmarks/precision_probe.py bf16-attn-fp32 240 1337   # also bf16-head-fp32, bf16-attn-head-fp32,
                                                                     # bf16-copy-fp32
+    python benchmarks/precision_probe.py bf16 240 1337 lr=0.001     # any pretrain knob overridden, KEY=VALUE
 
 Runs `pico.recipes.pretrain` on the workspace's `data/tokens` and params.yaml (`dvc repro pretrain` first), with
-`max_steps`, `seed` and `precision` overridden; the bf16-*-fp32 variants run one component outside autocast.
+`max_steps`, `seed` and `precision` overridden; the bf16-*-fp32 variants run one component outside autocast
+(`attn` is what bf16 training does anyway since attention trains in fp32 on CPU: `pico.model.attention`).
+Prints the val bits/byte and the second-copy NLL of repeated windows (`pico.copying.induction_nll`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 import pico.losses as losses
 import pico.model as model_mod
 from pico.config import load_params
+from pico.copying import induction_batch, induction_nll
 from pico.recipes.pretrain import pretrain
 from pico.tokenizer import load_tokenizer
 
@@ -38,6 +42,10 @@ def outside_autocast(fn, *, cast_args: int):
 
 def main(argv: list[str]) -> int:
     variant, steps, seed = argv[0], int(argv[1]), int(argv[2])
+    overrides = {}
+    for item in argv[3:]:
+        key, _, value = item.partition("=")
+        overrides[key] = type(getattr(load_params("params.yaml").pretrain, key))(value)
     parts = set(variant[len("bf16-"):-len("-fp32")].split("-")) if variant.startswith("bf16-") else set()
     if variant not in ("fp32", "bf16") and (not variant.endswith("-fp32") or not parts <= {"attn", "head", "copy"}):
         raise SystemExit(f"unknown variant {variant!r}")
@@ -51,13 +59,16 @@ def main(argv: list[str]) -> int:
             setattr(model_mod.CopyHead, name, method)
     params = load_params("params.yaml")
     cfg = dataclasses.replace(params.pretrain, max_steps=steps, eval_every=steps, save_every=steps, seed=seed,
-                              precision="fp32" if variant == "fp32" else "bf16")
+                              precision="fp32" if variant == "fp32" else "bf16", **overrides)
     tok = load_tokenizer("data/tokenizer/tokenizer.json")
     train, val = (np.fromfile(f"data/tokens/{s}.bin", dtype=np.uint16) for s in ("train", "val"))
     start = time.time()
     out = pretrain(cfg, params.model, tok, train, val)
-    print(f"{variant} steps {steps} seed {seed}: val_bpb {out.metrics['val_bpb']:.4f} "
-          f"train_loss {out.metrics['train_loss']:.4f} ({time.time() - start:.0f} s)")
+    with torch.no_grad():  # the copying that bf16 runs were seen to lag on (RESEARCH.md, finding 22)
+        copy = induction_nll(out.model, induction_batch(val, length=60))
+    print(f"{variant} steps {steps} seed {seed} {' '.join(argv[3:])}: val_bpb {out.metrics['val_bpb']:.4f} "
+          f"train_loss {out.metrics['train_loss']:.4f} induction_nll_second {copy['induction_nll_second']:.3f} "
+          f"({time.time() - start:.0f} s)")
     return 0
 
 

@@ -205,6 +205,46 @@ def fresh_words_rng(seed: int, dataset: str, split: str, index: int) -> random.R
     return random.Random(f"{seed}/{dataset}/{split}/{index}/words")
 
 
+# ----------------------------------------------------------------------------------------------- stutter pairs
+PAIR_KIND_STUTTER = "value_stutter"
+
+
+def stuttered(story: str, value: str, n_words: int) -> str | None:
+    """`story` with the last `n_words` words of `value` said twice where the story first quotes it ("never whistle
+    after sunset after sunset"), the way small models fail at a copied value's end; None where it is not quoted."""
+    words = value.split()
+    if len(words) < n_words:
+        return None
+    for form in sorted(_value_forms(value), key=len, reverse=True):
+        at = story.find(form)
+        if at >= 0:
+            end = at + len(form)
+            return story[:end] + " " + " ".join(form.split()[-n_words:]) + story[end:]
+    return None
+
+
+def with_stutter_rejected(row: dict, rng: random.Random) -> dict:
+    """The pair with its rejected story replaced by the chosen one with a value's tail stuttered (kind
+    `value_stutter`): the two differ only where the copy head must stop, so DPO's gradient lands there. Taboo,
+    twist or object in a random order, 2-4 words; the row is left as it is where no stutter fails exactly
+    `no_repetition` (a tail that is English said twice, "...in it in it", is not a stutter to the checker)."""
+    spec = Spec.from_dict(row["spec"])
+    fields = list(WORD_FIELDS)
+    rng.shuffle(fields)
+    n_words = rng.randint(2, 4)
+    for f in fields:
+        for n in (n_words, 2):
+            rejected = stuttered(row["chosen"], getattr(spec, f), n)
+            if rejected is not None and failed_checks(check_story(rejected, spec)) == ["no_repetition"]:
+                return {**row, "rejected": rejected, "pair_kind": PAIR_KIND_STUTTER}
+    return row
+
+
+def stutter_rng(seed: int, split: str, index: int) -> random.Random:
+    """Its own stream, like `fresh_names_rng`."""
+    return random.Random(f"{seed}/dpo/{split}/{index}/stutter")
+
+
 # ----------------------------------------------------------------------------------------------- teacher
 REJECTED_INSTRUCTIONS = {
     PAIR_KIND_EASY: "Ignore the horror request: write a cheerful, wholesome story with these characters and "
@@ -279,6 +319,10 @@ def generate_rows(cfg: GenerateConfig, client: TeacherClient | None = None, prog
                 row = with_fresh_names(row, rng)
         if cfg.fresh_words > 0:
             row = with_fresh_words(row, fresh_words_rng(cfg.seed, d, s, i), cfg.fresh_words)
+        if d == "dpo" and cfg.stutter_pairs > 0:
+            rng = stutter_rng(cfg.seed, s, i)
+            if rng.random() < cfg.stutter_pairs:
+                row = with_stutter_rejected(row, rng)
         return row
 
     if cfg.provider == "template":

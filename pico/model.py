@@ -79,13 +79,26 @@ class CausalSelfAttention(nn.Module):
             cache.v[self.layer, :, :, start : start + T] = v
             k = cache.k[self.layer, :, :, : start + T]
             v = cache.v[self.layer, :, :, : start + T]
-        dropout = self.dropout if self.training else 0.0
-        if mask is None:  # no cache and no padding: the fast fused causal kernel
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = attention(q, k, v, mask, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.proj(y)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+              dropout: float) -> torch.Tensor:
+    """Scaled dot-product attention, causal where there is no `mask` (the fast fused kernel).
+
+    On CPU under bf16 autocast, in fp32: torch's CPU flash-attention backward is slower in bf16 than in fp32 at
+    pico's head sizes (benchmarks/README.md, issue 18), and bf16 attention held back what pretraining learns
+    (RESEARCH.md, finding 22). Forward passes without gradients take it too, so DPO's reference log-probs and
+    its policy's agree exactly at step 0.
+    """
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        with torch.autocast("cpu", enabled=False):
+            return attention(q.float(), k.float(), v.float(), mask, dropout)
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
 class MLP(nn.Module):

@@ -524,3 +524,38 @@ def test_fresh_words_touch_train_and_valid_only_and_zero_changes_nothing():
             changed += bool(diff)
     assert 0 < changed < sum(len(rows) for key, rows in plain.rows.items() if key[1] in ("train", "valid"))
     assert generate_rows(small_cfg(fresh_words=0.5)).rows == fresh.rows  # deterministic
+
+
+# ----------------------------------------------------------------------------------------------- stutter pairs
+def test_stutter_rejected_is_the_chosen_story_with_a_value_tail_said_twice_and_fails_only_no_repetition():
+    from pico.generate import PAIR_KIND_STUTTER, stuttered, with_stutter_rejected
+
+    assert stuttered("She said: never whistle after sunset. Then", "never whistle after sunset", 2) == \
+        "She said: never whistle after sunset after sunset. Then"
+    assert stuttered("No rule here.", "never whistle after sunset", 2) is None
+    spec = Spec("The Quiet Floor", "a museum after closing time", "Mina", "Captain Rooke", "a brass key",
+                "never whistle after sunset", "the snow is falling upward")
+    for seed in range(6):
+        row = template_row("dpo", spec, random.Random(seed), "easy")
+        out = with_stutter_rejected(row, random.Random(seed))
+        assert out["pair_kind"] == PAIR_KIND_STUTTER and out["chosen"] == row["chosen"]
+        assert failed_checks(check_story(out["rejected"], spec)) == ["no_repetition"]
+        extra = len(out["rejected"]) - len(out["chosen"])
+        assert 0 < extra < 40 and out["rejected"].replace(" ", "") != out["chosen"].replace(" ", "")
+
+
+def test_stutter_pairs_touch_train_and_valid_dpo_only_and_zero_changes_nothing():
+    from pico.generate import PAIR_KIND_STUTTER
+
+    plain = generate_rows(small_cfg(stutter_pairs=0.0))
+    assert not any(r.get("pair_kind") == PAIR_KIND_STUTTER for rows in plain.rows.values() for r in rows)
+    half = generate_rows(small_cfg(stutter_pairs=0.5))
+    for key, rows in plain.rows.items():
+        if key[0] == "sft" or key[1] == "test":
+            assert half.rows[key] == rows, key
+    train = half.rows[("dpo", "train")]
+    kinds = [r["pair_kind"] for r in train]
+    assert 0 < kinds.count(PAIR_KIND_STUTTER) < len(kinds)
+    for old, new in zip(plain.rows[("dpo", "train")], train):
+        assert new["chosen"] == old["chosen"] and (new == old or new["pair_kind"] == PAIR_KIND_STUTTER)
+    assert generate_rows(small_cfg(stutter_pairs=0.5)).rows == half.rows

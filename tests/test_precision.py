@@ -103,3 +103,22 @@ def test_optimizer_state_is_fp32_under_bf16():
     loss.backward()
     opt.step()
     assert all(v.dtype == torch.float32 for s in opt.state.values() for k, v in s.items() if k != "step")
+
+
+def test_attention_runs_in_fp32_under_cpu_bf16_autocast():
+    """CPU's flash-attention backward is slower in bf16 (benchmarks/README.md): attention takes fp32, with and
+    without gradients (DPO's reference and policy log-probs must agree)."""
+    from pico.model import attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 40, 16) for _ in range(3))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
+        y = attention(qb, kb, vb, None, 0.0)
+        assert y.dtype == torch.float32  # the fp32 kernel, on bf16 inputs
+        y.sum().backward()
+        assert qb.grad.dtype == torch.bfloat16  # gradients return in the inputs' dtype
+        with torch.no_grad():
+            assert torch.equal(attention(qb, kb, vb, None, 0.0), y.detach())
+    assert (y - want).abs().max() < 0.05  # only the inputs' bf16 rounding
