@@ -167,7 +167,7 @@ def with_fresh_words(row: dict, rng: random.Random, share: float) -> dict:
     A field is left as it is where its last word is also used outside the quotes (a teacher's "the key" for
     "a brass key": renaming the quotes alone would leave the story about a key), and the whole row is left as
     it is where the new stories no longer pass their checks. Like `with_fresh_names`, this teaches the model to
-    copy a value it cannot have memorised and to find where it ends (RESEARCH.md, finding 22)."""
+    copy a value it cannot have memorised and to find where it ends (RESEARCH.md, finding 23)."""
     spec = dict(row["spec"])
     swaps: dict[str, str] = {}
     used: set[str] = set()
@@ -227,7 +227,8 @@ def with_stutter_rejected(row: dict, rng: random.Random) -> dict:
     """The pair with its rejected story replaced by the chosen one with a value's tail stuttered (kind
     `value_stutter`): the two differ only where the copy head must stop, so DPO's gradient lands there. Taboo,
     twist or object in a random order, 2-4 words; the row is left as it is where no stutter fails exactly
-    `no_repetition` (a tail that is English said twice, "...in it in it", is not a stutter to the checker)."""
+    `no_repetition` (a tail that is English said twice, "...in it in it", is not a stutter to the checker).
+    Measured: it cures the stutter and costs the fields (RESEARCH.md, finding 24); off by default."""
     spec = Spec.from_dict(row["spec"])
     fields = list(WORD_FIELDS)
     rng.shuffle(fields)

@@ -249,6 +249,12 @@ CURATED_NAME_WORDS = frozenset(w for name in (*PROTAGONISTS, *SUPPORTING) for w 
 CURATED_VALUE_WORDS = frozenset(w.lower() for f in FIELDS for v in VALUES[f] for w in re.findall(r"[A-Za-z]+", v))
 
 
+def _syllables(rng: random.Random) -> str:
+    """An onset, a vowel, 0-2 more syllables and a coda: the shape of every made-up name and word."""
+    middle = "".join(rng.choice(_MIDDLES) + rng.choice(_VOWELS) for _ in range(rng.randint(0, 2)))
+    return rng.choice(_ONSETS) + rng.choice(_VOWELS) + middle + rng.choice(_CODAS)
+
+
 def compose_name(rng: random.Random, avoid: frozenset[str] = frozenset()) -> str:
     """A pronounceable made-up name ("Dravo", "Shelitand"): never a word of a curated name (so never a held-out
     one), never an English word or known name (wordfreq has never seen it), never one of `avoid`. Training rows
@@ -257,22 +263,19 @@ def compose_name(rng: random.Random, avoid: frozenset[str] = frozenset()) -> str
     from wordfreq import zipf_frequency
 
     while True:
-        middle = "".join(rng.choice(_MIDDLES) + rng.choice(_VOWELS) for _ in range(rng.randint(0, 2)))
-        name = rng.choice(_ONSETS) + rng.choice(_VOWELS) + middle + rng.choice(_CODAS)
+        name = _syllables(rng)
         if (len(name) >= 3 and name not in CURATED_NAME_WORDS and name not in avoid
                 and zipf_frequency(name.lower(), "en") == 0):
             return name
 
 
 def compose_word(rng: random.Random, avoid: frozenset[str] = frozenset()) -> str:
-    """A pronounceable made-up lower-case word ("drovit", "glaimel") in the same syllables as `compose_name`:
-    never a word of any curated value (so never part of a held-out one), never a word wordfreq knows, never one
-    of `avoid`. `generate.fresh_words` ends object, taboo and twist values with such words (RESEARCH.md,
-    finding 22)."""
+    """A pronounceable made-up lower-case word ("drovit", "kraigasi"), built like `compose_name`: never a word of
+    any curated value (so never part of a held-out one), never a word wordfreq knows, never one of `avoid`.
+    `generate.fresh_words` ends object, taboo and twist values with such words (RESEARCH.md, finding 23)."""
     from wordfreq import zipf_frequency
 
     while True:
-        middle = "".join(rng.choice(_MIDDLES) + rng.choice(_VOWELS) for _ in range(rng.randint(0, 2)))
-        word = (rng.choice(_ONSETS) + rng.choice(_VOWELS) + middle + rng.choice(_CODAS)).lower()
+        word = _syllables(rng).lower()
         if len(word) >= 4 and word not in CURATED_VALUE_WORDS and word not in avoid and zipf_frequency(word, "en") == 0:
             return word

@@ -387,6 +387,13 @@ def test_no_api_key_in_any_output_or_log(tmp_path):
         server.close()
 
 
+def sigint_default() -> None:
+    """In the child, before exec: Ctrl-C's default action. A test run started in the background by a shell without
+    job control (`nohup make test &`) ignores SIGINT, and its children would inherit that and never see the
+    signal these tests send."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_ends_a_stuck_generate_within_20_s_leaving_nothing_half_written(tmp_path):
     """A teacher that never answers, timeout_s one hour: only Ctrl-C can end the run, and it must, promptly."""
     from fake_teacher import FakeTeacher
@@ -404,7 +411,7 @@ def test_ctrl_c_ends_a_stuck_generate_within_20_s_leaving_nothing_half_written(t
            "--out-dir", str(tmp_path / "data"),
                "--cache-dir", str(tmp_path / "data/teacher_cache"), "--metrics", str(tmp_path / "metrics.json")]
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env({"PICO_TEST_TEACHER_KEY": "sk-test-0000"}),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
         deadline = time.time() + 120
         while len(server.requests) < 4 and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
@@ -445,7 +452,7 @@ def test_ctrl_c_during_pretrain_exits_130_and_the_rerun_resumes(repo_copy):
     before = snapshot(repo_copy, "pretrain")
     resume = repo_copy / "checkpoints/resume/pretrain.pt"
     proc = subprocess.Popen(stage_cmd(repo_copy, "pretrain"), cwd=repo_copy, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     deadline = time.time() + 300
     while not resume.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
