@@ -42,10 +42,13 @@ def outside_autocast(fn, *, cast_args: int):
 
 def main(argv: list[str]) -> int:
     variant, steps, seed = argv[0], int(argv[1]), int(argv[2])
+    params = load_params("params.yaml")
     overrides = {}
     for item in argv[3:]:
         key, _, value = item.partition("=")
-        overrides[key] = type(getattr(load_params("params.yaml").pretrain, key))(value)
+        if not hasattr(params.pretrain, key):
+            raise SystemExit(f"unknown pretrain knob {key!r} in {item!r}")
+        overrides[key] = type(getattr(params.pretrain, key))(value)
     parts = set(variant[len("bf16-"):-len("-fp32")].split("-")) if variant.startswith("bf16-") else set()
     if variant not in ("fp32", "bf16") and (not variant.endswith("-fp32") or not parts <= {"attn", "head", "copy"}):
         raise SystemExit(f"unknown variant {variant!r}")
@@ -57,7 +60,6 @@ def main(argv: list[str]) -> int:
         for name in ("keys", "value_keys", "scores"):
             method = outside_autocast(getattr(model_mod.CopyHead, name), cast_args=3)
             setattr(model_mod.CopyHead, name, method)
-    params = load_params("params.yaml")
     cfg = dataclasses.replace(params.pretrain, max_steps=steps, eval_every=steps, save_every=steps, seed=seed,
                               precision="fp32" if variant == "fp32" else "bf16", **overrides)
     tok = load_tokenizer("data/tokenizer/tokenizer.json")
