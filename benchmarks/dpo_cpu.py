@@ -5,7 +5,9 @@
 Pairs: the template data of `generate` (default params), tokenized with the project tokenizer for both.
 TRL is timed as configured by default (reference model forward every step) and with
 `precompute_ref_log_probs=True`, in fp32 and with `bf16=True` (autocast on CPU); pico in fp32 and bf16 (the
-`precision` param). Times are per optimizer step, median after warm-up steps.
+`precision` param). Times are per optimizer step, median after warm-up steps. pico's four runs are repeated
+`--rounds` times, interleaved (fp32, bf16, fp32, bf16, ...), and each figure is the median over rounds: this
+VM's speed drifts by a third within minutes, and a ratio of two runs minutes apart can carry that drift.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=64)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved repeats of pico's runs (median taken)")
     args = ap.parse_args()
     p = load_params(args.params)
     cfg, dpo = p.model, p.dpo
@@ -88,7 +91,7 @@ def main() -> None:
         ref_seconds = time.perf_counter() - t_ref
         batches = BucketedBatches([p.length for p in pairs], B, 0, lambda idx: dpo_batch([pairs[i] for i in idx]))
         step_times: list[float] = []
-        loss_fn = functools.partial(dpo_batch_loss, beta=dpo.beta)
+        loss_fn = functools.partial(dpo_batch_loss, beta=dpo.beta, rpo_alpha=dpo.rpo_alpha)  # the stage's loss
 
         def timed_batch(k):
             step_times.append(time.perf_counter())
@@ -99,11 +102,23 @@ def main() -> None:
         train(model, tcfg, total_steps=args.warmup + args.steps + 1, get_batch=timed_batch, loss_fn=loss_fn)
         return statistics.median([b - a for a, b in zip(step_times, step_times[1:])][args.warmup:]), ref_seconds
 
-    pico_fp32, ref_seconds = run_pico("fp32")
-    pico_bf16, _ = run_pico("bf16")
     # pico's default model has RoPE and a copy head; GPT-2's architecture is the like-for-like comparison with TRL
     gpt_cfg = dataclasses.replace(cfg, pos_encoding="learned", copy_head=False)
-    gpt_fp32, gpt_bf16 = run_pico("fp32", gpt_cfg)[0], run_pico("bf16", gpt_cfg)[0]
+    runs = {"pico_fp32": ("fp32", cfg), "pico_bf16": ("bf16", cfg),
+            "pico_gpt2arch_fp32": ("fp32", gpt_cfg), "pico_gpt2arch_bf16": ("bf16", gpt_cfg)}
+    rounds: list[dict[str, float]] = []
+    ref_seconds = []
+    for _ in range(args.rounds):
+        times = {}
+        for name, (precision, model_cfg) in runs.items():
+            times[name], ref = run_pico(precision, model_cfg)
+            if name == "pico_fp32":
+                ref_seconds.append(ref)
+        rounds.append(times)
+    pico_fp32, pico_bf16, gpt_fp32, gpt_bf16 = (statistics.median(r[name] for r in rounds) for name in runs)
+    ref_seconds = statistics.median(ref_seconds)
+    round_ratios = {f"{name} / {name[:-4]}fp32": [round(r[f"{name[:-4]}fp32"] / r[name], 3) for r in rounds]
+                    for name in ("pico_bf16", "pico_gpt2arch_bf16")}
 
     # --- TRL
     from datasets import Dataset
@@ -153,7 +168,8 @@ def main() -> None:
                   "vocab": tok.vocab_size, "pairs_per_batch": B, "pos_encoding": cfg.pos_encoding,
                   "copy_head": cfg.copy_head},
         "bf16_capability": {"native_bf16": cpu_has_native_bf16()},
-        "pairs": len(rows), "pico_reference_logps_seconds_fp32": round(ref_seconds, 2),
+        "pairs": len(rows), "rounds": args.rounds, "pico_reference_logps_seconds_fp32": round(ref_seconds, 2),
+        "ratios_per_round": round_ratios,
         "pairs_per_s": {k: round(v, 3) for k, v in pairs_per_s.items()},
         "ratios": {"pico_bf16 / pico_fp32": round(pairs_per_s["pico_bf16"] / pairs_per_s["pico_fp32"], 3),
                    "pico_gpt2arch_bf16 / pico_gpt2arch_fp32": round(pairs_per_s["pico_gpt2arch_bf16"]
