@@ -71,8 +71,6 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        if cpu_bf16(q):  # attention runs in fp32 here (see `attention`): cast once, before the rotation
-            q, k, v = q.float(), k.float(), v.float()
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -93,21 +91,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     On CPU under bf16 autocast, in fp32: torch's CPU flash-attention backward is slower in bf16 than in fp32 at
     pico's head sizes (benchmarks/README.md, issue 18), and bf16 attention held back what pretraining learns
     (RESEARCH.md, finding 22). Forward passes without gradients take it too, so DPO's reference log-probs and
-    its policy's agree exactly at step 0. `CausalSelfAttention` hands q, k, v over in fp32 already, rotated in
-    fp32: one cast each, where rotating bf16 by fp32 tables cast down and attention cast up again.
+    its policy's agree exactly at step 0.
     """
-    if cpu_bf16(q):
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         with torch.autocast("cpu", enabled=False):
             return attention(q.float(), k.float(), v.float(), mask, dropout)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-
-
-def cpu_bf16(x: torch.Tensor) -> bool:
-    """x is on the CPU and in bf16 or under bf16 autocast: where attention and copy scores compute in fp32."""
-    return x.device.type == "cpu" and (x.dtype == torch.bfloat16 or (
-        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16))
 
 
 class MLP(nn.Module):
@@ -169,11 +160,9 @@ class CopyHead(nn.Module):
         return keys if self.k_value is None else keys + self.k_value(emb)
 
     def scores(self, hidden: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sentinel (B, Tq), slot scores (B, Tq, Tk)) in fp32, from fp32 operands: casting q and the keys
-        (B, T, dc) costs far less than casting the (B, Tq, Tk) scores (benchmarks/README.md, DPO row)."""
+        """(sentinel (B, Tq), slot scores (B, Tq, Tk)) in fp32."""
         q = self.q(hidden)
-        with torch.autocast(hidden.device.type, enabled=False):
-            slots = (q.float() @ keys.float().transpose(1, 2)) / math.sqrt(q.shape[-1])
+        slots = ((q @ keys.transpose(1, 2)) / math.sqrt(q.shape[-1])).float()
         return self.sentinel(hidden).squeeze(-1).float(), slots
 
     def log_terms(self, hidden: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor, match: torch.Tensor):

@@ -122,32 +122,3 @@ def test_attention_runs_in_fp32_under_cpu_bf16_autocast():
         with torch.no_grad():
             assert torch.equal(attention(qb, kb, vb, None, 0.0), y.detach())
     assert (y - want).abs().max() < 0.05  # only the inputs' bf16 rounding
-
-
-def test_rotation_and_copy_scores_take_fp32_operands_under_cpu_bf16_autocast(monkeypatch):
-    """Under CPU bf16 autocast q, k, v are cast to fp32 once, before the rotation, and attention keeps fp32
-    inputs in fp32 (autocast would cast them down again); the copy head's scores come from fp32 operands."""
-    import pico.model as model_mod
-
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 2, 40, 16) for _ in range(3))
-    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(model_mod.attention(q, k, v, None, 0.0), want)
-
-    seen = []
-    real = model_mod.attention
-    monkeypatch.setattr(model_mod, "attention",
-                        lambda q, k, v, *a: seen.append((q.dtype, k.dtype)) or real(q, k, v, *a))
-    model = build_model(config("model", pos_encoding="rope", copy_head=True), V)
-    idx = torch.randint(0, V, (2, 24))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        hidden = model(idx, return_hidden=True)
-        keys = model.copy.keys(hidden[:, :-1], model.wte(idx[:, :-1]))
-        _, slots = model.copy.scores(hidden, keys)
-    assert seen and all(d == (torch.float32, torch.float32) for d in seen)
-    assert hidden.dtype == torch.float32 and keys.dtype == torch.bfloat16 and slots.dtype == torch.float32
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        q_b = model.copy.q(hidden)  # bf16, from autocast's linear
-    want_slots = q_b.detach().float() @ keys.detach().float().transpose(1, 2) / q_b.shape[-1] ** 0.5
-    assert q_b.dtype == torch.bfloat16 and torch.allclose(slots, want_slots)
