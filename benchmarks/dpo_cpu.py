@@ -68,9 +68,9 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--tokenizer", default="data/tokenizer/tokenizer.json")
     ap.add_argument("--pairs", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved repeats of pico's runs (median taken)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved repeats of pico's runs (median taken)")
     args = ap.parse_args()
     p = load_params(args.params)
     cfg, dpo = p.model, p.dpo
