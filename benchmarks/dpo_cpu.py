@@ -6,8 +6,9 @@ Pairs: the template data of `generate` (default params), tokenized with the proj
 TRL is timed as configured by default (reference model forward every step) and with
 `precompute_ref_log_probs=True`, in fp32 and with `bf16=True` (autocast on CPU); pico in fp32 and bf16 (the
 `precision` param). Times are per optimizer step, median after warm-up steps. pico's four runs are repeated
-`--rounds` times, interleaved (fp32, bf16, fp32, bf16, ...), and each figure is the median over rounds: this
-VM's speed drifts by a third within minutes, and a ratio of two runs minutes apart can carry that drift.
+`--rounds` times, interleaved (fp32, bf16, fp32, bf16, ...): pairs/s are medians over rounds, and a bf16/fp32
+ratio is the median of the rounds' own ratios (this VM's speed drifts by a third within minutes, and a ratio
+of two runs minutes apart carries that drift).
 """
 
 from __future__ import annotations
@@ -171,9 +172,9 @@ def main() -> None:
         "pairs": len(rows), "rounds": args.rounds, "pico_reference_logps_seconds_fp32": round(ref_seconds, 2),
         "ratios_per_round": round_ratios,
         "pairs_per_s": {k: round(v, 3) for k, v in pairs_per_s.items()},
-        "ratios": {"pico_bf16 / pico_fp32": round(pairs_per_s["pico_bf16"] / pairs_per_s["pico_fp32"], 3),
-                   "pico_gpt2arch_bf16 / pico_gpt2arch_fp32": round(pairs_per_s["pico_gpt2arch_bf16"]
-                                                                    / pairs_per_s["pico_gpt2arch_fp32"], 3),
+        # bf16 / fp32: the median of the rounds' own ratios (each pairs two runs seconds apart), not a ratio of
+        # medians taken from different rounds, which carries the drift between them
+        "ratios": {**{name: statistics.median(values) for name, values in round_ratios.items()},
                    **{f"pico_gpt2arch_{k.rsplit('_', 1)[1]} / {k}":
                       round(pairs_per_s[f"pico_gpt2arch_{k.rsplit('_', 1)[1]}"] / v, 3)
                       for k, v in pairs_per_s.items() if k.startswith("trl")},
