@@ -10,7 +10,8 @@ its val bits/byte (RESEARCH.md, finding 17).
 Runs `pico.recipes.pretrain` on the workspace's `data/tokens` and params.yaml (`dvc repro pretrain` first), with
 `max_steps`, `seed` and `precision` overridden; the bf16-*-fp32 variants run one component outside autocast
 (`attn` is what bf16 training does anyway since attention trains in fp32 on CPU: `pico.model.attention`).
-Prints the val bits/byte and the second-copy NLL of repeated windows (`pico.copying.induction_nll`).
+Prints the val bits/byte, the second-copy NLL of repeated windows (`pico.copying.induction_nll`) and the
+training steps' tokens/s (what the stage writes as `speed.tokens_per_s`).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def main(argv: list[str]) -> int:
         copy = induction_nll(out.model, induction_batch(val, length=60))
     print(f"{variant} steps {steps} seed {seed} {' '.join(argv[3:])}: val_bpb {out.metrics['val_bpb']:.4f} "
           f"train_loss {out.metrics['train_loss']:.4f} induction_nll_second {copy['induction_nll_second']:.3f} "
-          f"({time.time() - start:.0f} s)")
+          f"tokens_per_s {out.result.tokens_per_s:.0f} ({time.time() - start:.0f} s)")
     return 0
 
 
