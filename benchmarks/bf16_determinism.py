@@ -1,0 +1,43 @@
+"""Is pico's first bf16 forward pass the same in every process? Prints a hash of the hidden states and the loss
+of the pretraining recipe's first batch (copy rows included) under CPU bf16 autocast; run it in a loop:
+
+    for i in $(seq 16); do python benchmarks/bf16_determinism.py; done | sort | uniq -c
+
+RESEARCH.md finding 27: with 2 threads one process in 8-12 took another path; with OMP_NUM_THREADS=1, 16 of 16
+agreed (with the 2-thread majority). Disabling AMX (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16) or address
+randomisation (setarch -R) did not help. Needs `dvc repro pretrain` first (data/tokens, the tokenizer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from pico.config import load_params
+from pico.copy_rows import CopyRows
+from pico.data import TokenWindows, token_byte_lengths
+from pico.kernels import use_fast_cpu_kernels
+from pico.losses import lm_loss
+from pico.model import build_model
+from pico.tokenizer import load_tokenizer
+
+
+def main() -> None:
+    p = load_params("params.yaml")
+    cfg = p.pretrain
+    tok = load_tokenizer("data/tokenizer/tokenizer.json")
+    train = np.fromfile("data/tokens/train.bin", dtype=np.uint16)
+    windows = TokenWindows(train, p.model.max_seq_len, cfg.batch_size, cfg.seed, token_byte_lengths(tok))
+    batch = CopyRows(windows, tok, cfg.copy_share, cfg.seed).train_batch(0)
+    torch.manual_seed(cfg.seed)
+    model = use_fast_cpu_kernels(build_model(p.model, tok.vocab_size))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = model(batch["input_ids"], return_hidden=True)
+        loss, _ = lm_loss(model, batch)
+    print(hashlib.md5(hidden.detach().float().numpy().tobytes()).hexdigest()[:8], f"{loss.item():.6f}")
+
+
+if __name__ == "__main__":
+    main()
