@@ -1,15 +1,17 @@
-"""Is pico's first bf16 forward pass the same in every process? Prints a hash of the hidden states and the loss
-of the pretraining recipe's first batch (copy rows included) under CPU bf16 autocast; run it in a loop:
+"""Is pico's first forward pass the same in every process? Prints a hash of the hidden states and the loss of
+the pretraining recipe's first batch (copy rows included), under CPU bf16 autocast or in fp32
+(`--precision fp32`); run it in a loop:
 
     for i in $(seq 16); do python benchmarks/bf16_determinism.py; done | sort | uniq -c
 
-RESEARCH.md finding 27: with 2 threads one process in 8-12 took another path; with OMP_NUM_THREADS=1, 16 of 16
-agreed (with the 2-thread majority). Disabling AMX (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16) or address
-randomisation (setarch -R) did not help. Needs `dvc repro pretrain` first (data/tokens, the tokenizer).
+RESEARCH.md finding 27: with 2 threads one process in 8-16 took another path, in bf16 and in fp32 alike, and
+the first difference is in block 0's attention (its qkv output agrees, the attention output does not); with
+OMP_NUM_THREADS=1, 16 of 16 agreed. Needs `dvc repro pretrain` first (data/tokens, the tokenizer).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 
 import numpy as np
@@ -25,6 +27,9 @@ from pico.tokenizer import load_tokenizer
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    bf16 = ap.parse_args().precision == "bf16"
     p = load_params("params.yaml")
     cfg = p.pretrain
     tok = load_tokenizer("data/tokenizer/tokenizer.json")
@@ -33,7 +38,7 @@ def main() -> None:
     batch = CopyRows(windows, tok, cfg.copy_share, cfg.seed).train_batch(0)
     torch.manual_seed(cfg.seed)
     model = use_fast_cpu_kernels(build_model(p.model, tok.vocab_size))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         hidden = model(batch["input_ids"], return_hidden=True)
         loss, _ = lm_loss(model, batch)
     print(hashlib.md5(hidden.detach().float().numpy().tobytes()).hexdigest()[:8], f"{loss.item():.6f}")
