@@ -5,8 +5,8 @@ the pretraining recipe's first batch (copy rows included), under CPU bf16 autoca
     for i in $(seq 16); do python benchmarks/bf16_determinism.py; done | sort | uniq -c
 
 RESEARCH.md finding 27: with 2 threads one process in 8-16 took another path, in bf16 and in fp32 alike, and
-the first difference is in block 0's attention (its qkv output agrees, the attention output does not); with
-OMP_NUM_THREADS=1, 16 of 16 agreed. Needs `dvc repro pretrain` first (data/tokens, the tokenizer).
+the first difference is the model's rotary cos table (`rope_cos`, built at construction; the sin table always
+agrees); with OMP_NUM_THREADS=1, 16 of 16 agreed. Needs `dvc repro pretrain` first (data/tokens, the tokenizer).
 """
 
 from __future__ import annotations
