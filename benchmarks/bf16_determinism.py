@@ -4,9 +4,14 @@ the pretraining recipe's first batch (copy rows included), under CPU bf16 autoca
 
     for i in $(seq 16); do python benchmarks/bf16_determinism.py; done | sort | uniq -c
 
-RESEARCH.md finding 27: with 2 threads one process in 8-16 took another path, in bf16 and in fp32 alike, and
-the first difference is the model's rotary cos table (`rope_cos`, built at construction; the sin table always
-agrees); with OMP_NUM_THREADS=1, 16 of 16 agreed. Needs `dvc repro pretrain` first (data/tokens, the tokenizer).
+RESEARCH.md finding 27: with 2 threads one process in 8-16 took another path, in bf16 and in fp32 alike; the
+first difference was the model's rotary cos table (`rope_cos`, built at construction by torch.cos, which MKL's
+vector math computes), from a first-use race in MKL (`pico.device.warm_up_vector_math`). The script sets the
+process up as every stage does (`resolve_device`); `--cold` skips that, to show the race:
+
+    for i in $(seq 30); do python benchmarks/bf16_determinism.py --precision fp32 --cold; done | sort | uniq -c
+
+Needs `dvc repro pretrain` first (data/tokens, the tokenizer).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 from pico.config import load_params
 from pico.copy_rows import CopyRows
 from pico.data import TokenWindows, token_byte_lengths
+from pico.device import resolve_device
 from pico.kernels import use_fast_cpu_kernels
 from pico.losses import lm_loss
 from pico.model import build_model
@@ -29,7 +35,11 @@ from pico.tokenizer import load_tokenizer
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
-    bf16 = ap.parse_args().precision == "bf16"
+    ap.add_argument("--cold", action="store_true", help="skip the stages' set-up (resolve_device)")
+    args = ap.parse_args()
+    bf16 = args.precision == "bf16"
+    if not args.cold:
+        resolve_device("cpu")
     p = load_params("params.yaml")
     cfg = p.pretrain
     tok = load_tokenizer("data/tokenizer/tokenizer.json")

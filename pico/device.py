@@ -36,8 +36,38 @@ def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
+# The elementwise functions torch hands to MKL's vector math library (VML) for contiguous fp32/fp64 CPU tensors
+# (ATen/cpu/vml.h: IMPLEMENT_VML_MKL).
+_VML_FUNCTIONS = ("acos", "asin", "atan", "cos", "erf", "erfc", "erfinv", "exp", "log", "log10", "log2", "sin",
+                  "sqrt", "tan", "tanh", "trunc")
+_vml_ready = False
+
+
+def warm_up_vector_math() -> None:
+    """Call each VML function once on one thread, before any multi-threaded call can be the first.
+
+    On this project's 2-core machine the first call of MKL's `cos` that runs on two threads at once returned, in
+    about one process in 12, values off by up to 7e-9 from the second thread (float64; fp32 values one ulp off),
+    and correct values on every later call: a first-use race inside MKL. It made the model's rotary table, and
+    so a whole training run, differ between processes with the same seed (RESEARCH.md finding 27). After a
+    one-thread call of each function first, 60 of 60 processes agreed (5 of 60 differed without it;
+    benchmarks/bf16_determinism.py). Idempotent and cheap (a 4-element tensor per function and dtype)."""
+    global _vml_ready
+    if _vml_ready:
+        return
+    for dtype in (torch.float32, torch.float64):
+        x = torch.full((4,), 0.5, dtype=dtype)  # far below torch's parallel grain: runs on the calling thread
+        for name in _VML_FUNCTIONS:
+            getattr(torch, name)(x)
+    _vml_ready = True
+
+
 def resolve_device(name: str) -> torch.device:
-    """auto -> cuda (this rank's GPU), then mps, then cpu; an explicit device that is missing is an error."""
+    """auto -> cuda (this rank's GPU), then mps, then cpu; an explicit device that is missing is an error.
+
+    Every job resolves its device before its first tensor op, so this is also where the process's CPU math is
+    set up (`warm_up_vector_math`)."""
+    warm_up_vector_math()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
     elif name == "cuda" and not torch.cuda.is_available():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -122,3 +125,23 @@ def test_attention_runs_in_fp32_under_cpu_bf16_autocast():
         with torch.no_grad():
             assert torch.equal(attention(qb, kb, vb, None, 0.0), y.detach())
     assert (y - want).abs().max() < 0.05  # only the inputs' bf16 rounding
+
+
+def test_vector_math_warm_up_covers_every_function_torch_sends_to_mkl():
+    """torch's own list (ATen/cpu/vml.h, shipped in the wheel): a torch that routes another function through MKL's
+    vector math must warm that one up too, or its first two-thread call can race (RESEARCH.md finding 27)."""
+    header = Path(torch.__file__).parent / "include" / "ATen" / "cpu" / "vml.h"
+    if not header.is_file():
+        pytest.skip("this torch ships no ATen headers")
+    routed = set(re.findall(r"^IMPLEMENT_VML_MKL\((\w+),", header.read_text(), flags=re.M))
+    assert "cos" in routed
+    assert routed <= set(device_mod._VML_FUNCTIONS), routed - set(device_mod._VML_FUNCTIONS)
+
+
+def test_resolve_device_warms_up_vector_math_once_per_process(monkeypatch):
+    calls, real_cos = [], torch.cos
+    monkeypatch.setattr(device_mod, "_vml_ready", False)
+    monkeypatch.setattr(torch, "cos", lambda x: calls.append((x.dtype, x.numel())) or real_cos(x))
+    device_mod.resolve_device("cpu")
+    device_mod.resolve_device("cpu")
+    assert calls == [(torch.float32, 4), (torch.float64, 4)]  # one small, one-thread call per dtype, then never
