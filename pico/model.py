@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pico.config import ModelConfig
+from pico.kernels import masked_logsumexp
 
 
 # ----------------------------------------------------------------------------------------------- GPT
@@ -168,8 +169,8 @@ class CopyHead(nn.Module):
     def log_terms(self, hidden: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor, match: torch.Tensor):
         """log a_t0 and log sum_{j: match} a_tj, (B, Tq) each, by two masked logsumexps (no (B, Tq, Tk) log-softmax)."""
         sentinel, scores = self.scores(hidden, keys)
-        lse = torch.logaddexp(sentinel, scores.masked_fill(~key_mask, NO_COPY).logsumexp(dim=-1))
-        return sentinel - lse, scores.masked_fill(~match, NO_COPY).logsumexp(dim=-1) - lse
+        lse = torch.logaddexp(sentinel, masked_logsumexp(scores, key_mask, NO_COPY))
+        return sentinel - lse, masked_logsumexp(scores, match, NO_COPY) - lse
 
     def log_weights(self, hidden: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         """log a (B, Tq, 1 + Tk): column 0 the sentinel (the vocabulary side), column 1 + i slot i of `keys`."""

@@ -112,3 +112,33 @@ def test_losses_head_nll_is_the_same_on_both_paths(dtype):
     assert loss.item() == pytest.approx(want.sum().item(), rel=1e-5)
     loss.backward()
     assert hidden.grad is not None and weight.grad is not None
+
+
+@pytest.mark.parametrize("kind", ["causal", "sparse", "broadcast"])
+def test_masked_logsumexp_is_bit_identical_to_masked_fill_then_logsumexp(kind):
+    """Values and gradients equal (not close) to the plain expression the copy head used before, including rows
+    with nothing unmasked (the fill's own logsumexp), a row whose maximum sits near the fill, and masked entries
+    far below it (where MKL's exp is slow; RESEARCH.md finding 30)."""
+    torch.manual_seed(3)
+    B, T, fill = 3, 40, -1e4
+    x = torch.randn(B, T, T - 1) * 4
+    x[1, 5] = fill + 30 + torch.randn(T - 1)  # a row whose maximum is near the fill: exp(fill - m) is not 0
+    if kind == "causal":
+        mask = torch.ones(T, T - 1, dtype=torch.bool).tril(-1).expand(B, T, T - 1)  # row 0: nothing unmasked
+    elif kind == "sparse":
+        mask = torch.rand(B, T, T - 1) < 0.05
+        mask[0, :4] = False
+    else:
+        mask = (torch.rand(1, T, T - 1) < 0.5)  # broadcast over the batch, as a shared mask would be
+    weights = torch.randn(B, T)
+    results, grads = [], []
+    for fast in (True, False):
+        leaf = x.clone().requires_grad_(True)
+        out = (kernels.masked_logsumexp(leaf, mask, fill) if fast
+               else leaf.masked_fill(~mask, fill).logsumexp(dim=-1))
+        (out * weights).sum().backward()
+        results.append(out.detach())
+        grads.append(leaf.grad)
+    assert torch.equal(results[0], results[1])
+    assert torch.equal(grads[0], grads[1])
+    assert kind == "broadcast" or (results[0] < fill + 10).any()  # rows with nothing unmasked were covered
