@@ -49,9 +49,10 @@ def warm_up_vector_math() -> None:
     On this project's 2-core machine the first call of MKL's `cos` that runs on two threads at once returned, in
     about one process in 12, values off by up to 7e-9 from the second thread (float64; fp32 values one ulp off),
     and correct values on every later call: a first-use race inside MKL. It made the model's rotary table, and
-    so a whole training run, differ between processes with the same seed (RESEARCH.md finding 27). After a
-    one-thread call of each function first, 60 of 60 processes agreed (5 of 60 differed without it;
-    benchmarks/bf16_determinism.py). Idempotent and cheap (a 4-element tensor per function and dtype)."""
+    so a whole training run, differ between processes with the same seed (RESEARCH.md findings 27-28). After a
+    one-thread call of each function first, none of 60 probe processes differed (5 of 60 without it), and
+    benchmarks/bf16_determinism.py gave one hash in 30 of 30 processes (29 + 1 with `--cold`). Idempotent and
+    cheap (a 4-element tensor per function and dtype)."""
     global _vml_ready
     if _vml_ready:
         return
