@@ -82,13 +82,14 @@ def test_template_rows_are_deterministic_and_seed_dependent():
 
 
 def test_no_spec_is_shared_across_splits_or_datasets():
-    parts = assign_specs(config("generate"))
+    cfg = config("generate")
+    parts = assign_specs(cfg)
     seen: dict[Spec, tuple] = {}
     for key, specs in parts.items():
         for spec in specs:
             assert spec not in seen, f"{spec} in {key} and {seen[spec]}"
             seen[spec] = key
-    assert len(parts[("sft", "train")]) == 256
+    assert len(parts[("sft", "train")]) == cfg.sft_splits["train"]
 
 
 def test_sft_responses_follow_their_spec():
