@@ -125,12 +125,26 @@ class SFTConfig(FinetuneConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
+class OnPolicyConfig(Section):
+    """DPO pairs rebuilt from the SFT model's own samples on the DPO prompts, judged by the checker (onpolicy.py)."""
+    KEY = "dpo.onpolicy"
+    share: float = knob("share of train/valid pairs rebuilt from samples (0 = the template pairs only)", "[0, 1]")
+    samples: int = knob("stories sampled per prompt; the first one the checker fails becomes the rejected", "[1, 64]")
+    chosen: Literal["template", "self"] = knob("the template's story, or the first sample passing every check")
+    temperature: float = knob("sampling temperature", "(0, 100]")
+    top_p: float = knob("nucleus mass (1 = off)", "(0, 1]")
+    max_new_tokens: int = knob("story length cap in tokens", "(0, inf)")
+    no_repeat_ngram: int = knob("no n-gram of the generated text twice; the prompt not counted (0 = off)", "[0, inf)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class DPOConfig(FinetuneConfig):
     KEY = "dpo"
     beta: float = knob("strength of the KL anchor to the reference", "(0, 1000]")
     label_smoothing: float = knob("conservative DPO epsilon", "[0, 0.5)")
     loss_type: Literal["sigmoid", "ipo"] = knob("sigmoid (DPO) or ipo")
     rpo_alpha: float = knob("weight of the chosen story's mean token NLL added to the loss (RPO); 0 = off", "[0, 100]")
+    onpolicy: OnPolicyConfig = knob("pairs from the SFT model's own samples, judged by the checker")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,9 +12,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this copy's pico
 from pico.checkpoint import load_checkpoint
 from pico.config import load_params
 from pico.device import check_batch_fits, is_main_process, resolve_device
-from pico.io import read_jsonl, sha256_file
+from pico.io import read_jsonl, sha256_file, write_jsonl
 from pico.prompt import check_context, longest_example_tokens
-from pico.recipes import write_trained
+from pico.recipes import fingerprint, write_trained
+from pico.onpolicy import onpolicy_pairs
 from pico.recipes.finetune import dpo
 from pico.stage import run_stage, stage_args
 from pico.tokenizer import load_tokenizer
@@ -23,7 +24,8 @@ log = logging.getLogger("dpo")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = stage_args(__doc__, ["sft", "tokenizer", "train", "valid", "out", "reference-out", "metrics", "plots-dir"],
+    args = stage_args(__doc__, ["sft", "tokenizer", "train", "valid", "out", "reference-out", "samples-out", "metrics",
+                                "plots-dir"],
                       argv, resume="checkpoints/resume/dpo.pt")
     cfg = load_params(args.params).dpo
     device = resolve_device(cfg.device)
@@ -33,12 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     model = sft_ckpt.model_cfg  # what is trained: the parent checkpoint's shape (chosen and rejected: two rows a pair)
     check_batch_fits("dpo.batch_size", 2 * cfg.batch_size, cfg.max_len, model.d_model, model.n_layer, device)
     rows = [read_jsonl(path, texts=("prompt", "chosen", "rejected")) for path in (args.train, args.valid)]
+    inputs_id = tuple(sha256_file(path) for path in (args.sft, args.train, args.valid))
+    # on-policy pairs: the SFT model's own stories on these prompts, judged by the checker (pico/onpolicy.py)
+    splits, samples, onpolicy = onpolicy_pairs(cfg, sft_ckpt, tok, {"train": rows[0], "valid": rows[1]})
+    if is_main_process():
+        write_jsonl(args.samples_out, samples)
+    if onpolicy:
+        rows = [splits["train"], splits["valid"]]
+        inputs_id += (fingerprint(rows),)
     longest = longest_example_tokens(tok, rows[0] + rows[1])[1]
     check_context(model.max_seq_len, longest, "the DPO examples (prompt + story + end token)")
-    inputs_id = tuple(sha256_file(path) for path in (args.sft, args.train, args.valid))
     trained = dpo(cfg, sft_ckpt, tok, *rows, reference_cache=Path(args.reference_out), inputs_id=inputs_id,
                           resume=Path(args.resume))
     if is_main_process():
+        if onpolicy:
+            trained.metrics["onpolicy"] = onpolicy
         metrics = write_trained(trained, stage="dpo", tokenizer_hash=tok.hash, started=started, out=args.out,
                                 metrics_path=args.metrics, plots_dir=args.plots_dir, resume=args.resume,
                                 parent=args.sft)

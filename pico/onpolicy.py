@@ -1,0 +1,112 @@
+"""On-policy preference pairs: the SFT model's own stories, judged by the checker, as DPO's rejected (and chosen).
+
+The template pairs' rejected stories (a wholesome story, or one rule broken on purpose) are not the mistakes the
+SFT model makes. Sampling it on the DPO prompts, whose specs it was never trained on, and keeping a story the
+checker fails gives pairs whose rejected side is the model's own error: a value's tail said twice, a stray
+paragraph, a garbled made-up word, a taboo never stated. This is iterative/online DPO with a rule-based judge
+(the spec's checks, `pico.checks`). The checker is also what `evaluate` scores, on test specs no DPO prompt
+shares, so a gain here means the model learned to satisfy the spec's checks on specs it never saw.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+
+import torch
+import torch.nn as nn
+
+from pico.checkpoint import Checkpoint
+from pico.checks import check_story, failed_checks
+from pico.config import DPOConfig, OnPolicyConfig
+from pico.device import resolve_device, resolve_precision
+from pico.prompt import encode_prompt
+from pico.sampling import SamplingConfig, sample
+from pico.spec import Spec
+from pico.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def picked_rows(n: int, share: float, seed: int, split: str) -> list[int]:
+    """The indices of the rows whose pair is rebuilt on-policy: each row on its own, with probability `share`."""
+    if share >= 1:
+        return list(range(n))
+    return [i for i in range(n) if random.Random(f"{seed}/onpolicy/{split}/{i}").random() < share]
+
+
+def sample_stories(model: nn.Module, tok: Tokenizer, rows: list[dict], cfg: OnPolicyConfig, seed: int, *,
+                   batch_size: int, device: torch.device, dtype: torch.dtype) -> list[list[dict]]:
+    """`cfg.samples` stories per row, each with its checks: [[{"text", "failed"}, ...] per row]."""
+    sampling = SamplingConfig(temperature=cfg.temperature, top_k=0, top_p=cfg.top_p,
+                              max_new_tokens=cfg.max_new_tokens, no_repeat_ngram=cfg.no_repeat_ngram, seed=seed)
+    prompts = [encode_prompt(tok, r["prompt"]) for r in rows for _ in range(cfg.samples)]
+    outputs = sample(model, prompts, sampling, tok.eot_id, batch_size=batch_size, device=device, dtype=dtype)
+    out = []
+    for i, row in enumerate(rows):
+        spec = Spec.from_dict(row["spec"])
+        stories = []
+        for ids in outputs[i * cfg.samples : (i + 1) * cfg.samples]:
+            text = tok.decode(ids)
+            stories.append({"text": text, "failed": failed_checks(check_story(text, spec))})
+        out.append(stories)
+    return out
+
+
+def onpolicy_pair(row: dict, stories: list[dict], chosen: str) -> dict | None:
+    """The row's pair rebuilt from its samples, or None when no sample fails a check (the template pair stays).
+
+    rejected: the first sample the checker fails. chosen: the template's story, or (`chosen: self`) the first
+    sample that passes every check when there is one."""
+    failing = [s for s in stories if s["failed"]]
+    if not failing:
+        return None
+    passing = [s for s in stories if not s["failed"]]
+    out = {**row, "rejected": failing[0]["text"], "pair_kind": "onpolicy", "rejected_failed": failing[0]["failed"]}
+    if chosen == "self" and passing:
+        out["chosen"] = passing[0]["text"]
+        out["pair_kind"] = "onpolicy_both"
+    return out
+
+
+def onpolicy_rows(model: nn.Module, tok: Tokenizer, rows: list[dict], split: str, cfg: OnPolicyConfig, seed: int,
+                  *, batch_size: int, device: torch.device, dtype: torch.dtype) -> tuple[list[dict], list[dict], dict]:
+    """(the rows with their picked pairs rebuilt on-policy, one record per sample, counts)."""
+    picked = picked_rows(len(rows), cfg.share, seed, split)
+    samples = sample_stories(model, tok, [rows[i] for i in picked], cfg, seed, batch_size=batch_size, device=device,
+                             dtype=dtype) if picked else []
+    out, records, kinds, failures = list(rows), [], Counter(), Counter()
+    for i, stories in zip(picked, samples):
+        pair = onpolicy_pair(rows[i], stories, cfg.chosen)
+        kinds[pair["pair_kind"] if pair else "template_kept"] += 1
+        if pair is not None:
+            out[i] = pair
+            failures.update(pair["rejected_failed"])
+        records += [{"split": split, "row": i, "sample": k, "response": s["text"], "failed": s["failed"],
+                     "passed_all": not s["failed"]} for k, s in enumerate(stories)]
+    n_samples = len(records)
+    counts = {"rows": len(rows), "picked": len(picked), "samples": n_samples,
+              "sample_pass_all": round(sum(r["passed_all"] for r in records) / n_samples, 5) if n_samples else 0.0,
+              "pairs": dict(sorted(kinds.items())), "rejected_failed": dict(failures.most_common())}
+    return out, records, counts
+
+
+def onpolicy_pairs(cfg: DPOConfig, sft_ckpt: Checkpoint, tok: Tokenizer, splits: dict[str, list[dict]]
+                   ) -> tuple[dict[str, list[dict]], list[dict], dict]:
+    """The DPO rows with `dpo.onpolicy.share` of their pairs rebuilt from the SFT model's own samples (before DPO
+    touches it): ({split: rows}, one record per sample, {split: counts}). Nothing is sampled at share 0."""
+    if cfg.onpolicy.share == 0:
+        return splits, [], {}
+    device = resolve_device(cfg.device)
+    dtype = resolve_precision(cfg.precision, device)
+    out, records, counts = {}, [], {}
+    for split, rows in splits.items():
+        out[split], split_records, counts[split] = onpolicy_rows(
+            sft_ckpt.model, tok, rows, split, cfg.onpolicy, cfg.seed, batch_size=2 * cfg.batch_size, device=device,
+            dtype=dtype)
+        records += split_records
+        log.info("on-policy %s: %d of %d pairs rebuilt; %.3f of %d samples pass every check", split,
+                 len(rows) - counts[split]["pairs"].get("template_kept", 0) - (len(rows) - counts[split]["picked"]),
+                 len(rows), counts[split]["sample_pass_all"], counts[split]["samples"])
+    return out, records, counts

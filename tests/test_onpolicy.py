@@ -1,0 +1,82 @@
+"""On-policy DPO pairs: which rows are rebuilt, which samples become rejected and chosen, and that nothing else
+changes (pico/onpolicy.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from conftest import config
+from pico.checkpoint import load_checkpoint
+from pico.checks import check_story, failed_checks
+from pico.generate import template_row
+from pico.onpolicy import onpolicy_pair, onpolicy_pairs, onpolicy_rows, picked_rows
+from pico.spec import Spec, sample_specs
+
+
+def dpo_rows(n: int) -> list[dict]:
+    return [template_row("dpo", spec, random.Random(i), "easy") for i, spec in enumerate(sample_specs(n, 3))]
+
+
+def test_picked_rows_share_and_determinism():
+    assert picked_rows(50, 0.0, 1, "train") == []
+    assert picked_rows(50, 1.0, 1, "train") == list(range(50))
+    half = picked_rows(400, 0.5, 1, "train")
+    assert 150 < len(half) < 250
+    assert half == picked_rows(400, 0.5, 1, "train")
+    assert picked_rows(100, 0.5, 1, "train") == [i for i in half if i < 100]  # a row's draw is its own
+    assert half != picked_rows(400, 0.5, 1, "valid") and half != picked_rows(400, 0.5, 2, "train")
+
+
+def test_onpolicy_pair_takes_the_first_failing_and_passing_samples():
+    row = {"prompt": "p", "chosen": "template chosen", "rejected": "template rejected", "spec": {}, "pair_kind": "easy"}
+    stories = [{"text": "good one", "failed": []}, {"text": "bad one", "failed": ["fluent"]},
+               {"text": "bad two", "failed": ["twist_present", "fluent"]}, {"text": "good two", "failed": []}]
+    pair = onpolicy_pair(row, stories, "template")
+    assert (pair["chosen"], pair["rejected"], pair["pair_kind"]) == ("template chosen", "bad one", "onpolicy")
+    assert pair["rejected_failed"] == ["fluent"] and pair["prompt"] == "p"
+    pair = onpolicy_pair(row, stories, "self")
+    assert (pair["chosen"], pair["rejected"], pair["pair_kind"]) == ("good one", "bad one", "onpolicy_both")
+    only_bad = onpolicy_pair(row, stories[1:3], "self")  # no passing sample: the template's story stays chosen
+    assert (only_bad["chosen"], only_bad["pair_kind"]) == ("template chosen", "onpolicy")
+    assert onpolicy_pair(row, [stories[0], stories[3]], "template") is None  # nothing failed: no pair to make
+    assert row["rejected"] == "template rejected"  # the input row is not changed
+
+
+@pytest.fixture
+def sft_model(tiny_checkpoint, tok):
+    ckpt = load_checkpoint(tiny_checkpoint[0], tokenizer_hash=tok.hash)
+    return ckpt
+
+
+def test_onpolicy_rows_rebuild_picked_pairs_from_failing_samples(sft_model, tok):
+    rows = dpo_rows(6)
+    cfg = config("dpo").onpolicy
+    cfg = dataclasses.replace(cfg, share=0.5, samples=2, max_new_tokens=24)
+    kwargs = dict(batch_size=4, device=torch.device("cpu"), dtype=torch.float32)
+    out, records, counts = onpolicy_rows(sft_model.model, tok, rows, "train", cfg, 7, **kwargs)
+    picked = picked_rows(6, 0.5, 7, "train")
+    assert counts["picked"] == len(picked) and counts["samples"] == len(records) == 2 * len(picked)
+    assert sorted({r["row"] for r in records}) == picked
+    for i, row in enumerate(out):
+        if i not in picked:
+            assert row is rows[i]
+            continue
+        # an untrained model's 24 tokens are never a story that passes: each picked pair is rebuilt
+        assert row["pair_kind"] == "onpolicy" and row["chosen"] == rows[i]["chosen"]
+        mine = [r for r in records if r["row"] == i]
+        assert row["rejected"] == mine[0]["response"]
+        assert failed_checks(check_story(row["rejected"], Spec.from_dict(row["spec"]))) == row["rejected_failed"]
+    assert counts["pairs"] == {"onpolicy": len(picked)} and counts["sample_pass_all"] == 0.0
+    again = onpolicy_rows(sft_model.model, tok, rows, "train", cfg, 7, **kwargs)
+    assert again[0] == out and again[1] == records  # same seed, same samples
+
+
+def test_onpolicy_pairs_at_share_zero_samples_nothing(sft_model, tok):
+    rows = {"train": dpo_rows(3), "valid": dpo_rows(2)}
+    cfg = config("dpo")
+    cfg = dataclasses.replace(cfg, onpolicy=dataclasses.replace(cfg.onpolicy, share=0.0))
+    assert onpolicy_pairs(cfg, sft_model, tok, rows) == (rows, [], {})
