@@ -176,6 +176,7 @@ class GenerateConfig(Section):
     heldout_share: float = knob("share of every value list kept out of train/valid/test, for test_unseen", "(0, 0.9]")
     pair_difficulty: Literal["easy", "hard"] | float = knob("easy, hard, or the share of hard pairs in [0, 1]")
     phrase_values: int = knob("values per field cut from TinyStories for train/valid specs (0 = none)", "[0, 100000]")
+    phrase_datasets: list[Literal["sft", "dpo"]] = knob("whose train/valid specs draw phrase values: sft, dpo or both")
     fresh_names: float = knob("share of train/valid rows whose protagonist and supporting character get made-up "
                               "names (pico.spec.compose_name)", "[0, 1]")
     fresh_words: float = knob("share of train/valid object, taboo and twist values (each drawn on its own) whose "

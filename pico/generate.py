@@ -49,7 +49,8 @@ def assign_specs(cfg: GenerateConfig, phrases: Values | None = None) -> dict[tup
     A seeded `heldout_share` of every value list is held out: train, valid and test specs use only the other
     values, and sft/test_unseen only held-out ones, so it measures following a spec rather than recalling
     value-to-sentence pairs seen in training. `phrases` (values cut from TinyStories, none of them held out)
-    widen the train and valid draws only, so the test splits are the same whatever the training values.
+    widen the train and valid draws of `phrase_datasets` only, so the test splits are the same whatever the
+    training values.
     """
     seen, heldout = split_values(cfg.heldout_share, cfg.seed)
     sizes = [(d, s, getattr(cfg, f"{d}_splits")[s]) for d in DATASETS for s in splits_of(d) if s != UNSEEN]
@@ -62,7 +63,7 @@ def assign_specs(cfg: GenerateConfig, phrases: Values | None = None) -> dict[tup
     if phrases:
         train_values = with_phrases(seen, phrases)
         tests = {spec for (_, split), specs in out.items() if split in ("test", UNSEEN) for spec in specs}
-        widened = [(d, s, n) for d, s, n in sizes if s != "test"]
+        widened = [(d, s, n) for d, s, n in sizes if s != "test" and d in cfg.phrase_datasets]
         draw = iter(spec for spec in sample_specs(sum(n for *_, n in widened) + len(tests), cfg.seed + 1, train_values)
                     if spec not in tests)
         for dataset, split, n in widened:

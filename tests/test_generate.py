@@ -381,6 +381,19 @@ def test_phrases_widen_train_and_valid_only_and_every_row_passes_its_checks(samp
         len(rows) for rows in widened.rows.values())
 
 
+def test_phrase_datasets_dpo_widens_only_the_dpo_specs(sample_stories):
+    from pico.spec import Spec, is_curated
+
+    phrases = _phrases(sample_stories)
+    curated = generate_rows(small_cfg())
+    dpo_only = generate_rows(small_cfg(phrase_datasets=["dpo"]), phrases=phrases)
+    for key, rows in dpo_only.rows.items():
+        if key[0] == "sft" or key == ("dpo", "test"):  # SFT never sees a phrase value; the tests stay
+            assert rows == curated.rows[key], key
+    widened = dpo_only.rows[("dpo", "train")] + dpo_only.rows[("dpo", "valid")]
+    assert any(not is_curated(Spec.from_dict(r["spec"])) for r in widened)
+
+
 # ----------------------------------------------------------------------------------------------- made-up names
 def test_composed_names_are_new_words_and_never_curated():
     from wordfreq import zipf_frequency
