@@ -8,7 +8,7 @@ The checks, in `CHECKS` order:
 - protagonist_named: the protagonist's name occurs as a word.
 - object_used: one sentence names the object: its head noun and at least half of its other core words.
 - taboo_present: a sentence of the story states the taboo: it holds most of the taboo's distinctive words
-  (paraphrase allowed) and words of its own, not just field and meta words ('The rule: ...') or a fragment
+  (paraphrase allowed) and its last content word (a taboo cut short is not stated), and words of its own, not just field and meta words ('The rule: ...') or a fragment
   stuffed among other fields; a bare statement counts inside narrative ('Agnes had one rule. Never ...').
 - twist_present: the same for the twist.
 - unsettling_ending: the last paragraph as a whole holds at least two distinct cues of dread (something
@@ -349,16 +349,25 @@ def _is_statement(story: Story, k: int, phrase_words: set[str], sw: SpecWords) -
     return False
 
 
+def _says_end(unit: Unit, phrase: str) -> bool:
+    """Whether the unit holds the phrase's last content word: a statement says the value through its end, as a
+    mention of the object must name its head noun. "the staff have been guests" does not state "the staff have
+    been guests who could never leave", though it holds 3/4 of its distinctive words (RESEARCH.md, finding 34)."""
+    last = content_words(phrase)[-1:]
+    return not last or last[0] in unit.content
+
+
 def stating_units(phrase: str, story: Story, sw: SpecWords, exclude: set[str]) -> list[int]:
     """Indexes of the units that state `phrase`: they hold enough of its distinctive words (those not in
     `exclude`, the words of other fields such as the object or the names, so naming the object does not make the
-    taboo look stated) and they are sentences of the story (`_is_statement`)."""
+    taboo look stated) and its last content word, and they are sentences of the story (`_is_statement`)."""
     wanted, threshold = _wanted(phrase, exclude)
     if not wanted:
         return []
     phrase_words = set(content_words(phrase))
     return [k for k, u in enumerate(story.units)
-            if len(wanted & u.content) >= threshold * len(wanted) and _is_statement(story, k, phrase_words, sw)]
+            if len(wanted & u.content) >= threshold * len(wanted) and _says_end(u, phrase)
+            and _is_statement(story, k, phrase_words, sw)]
 
 
 def taboo_units(story: Story, spec: Spec, sw: SpecWords) -> list[int]:

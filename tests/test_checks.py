@@ -79,6 +79,18 @@ def test_taboo_and_twist_accept_paraphrase_but_not_a_stray_word():
     assert failed(no_twist) == ["twist_present"]
 
 
+def test_a_taboo_or_twist_cut_before_its_end_is_not_stated():
+    # 3 of the twist's 4 distinctive words, but not its end: what DPO with the checker as judge learned to write
+    cut = GOOD.replace(TWIST_SENTENCE, "Then she understood: the sound was coming from inside.")
+    assert failed(cut) == ["twist_present"]
+    spec = Spec(**{**SPEC.to_dict(), "twist": "the staff have been guests who could never leave"})
+    whole = GOOD.replace(TWIST_SENTENCE, "Then she understood: the staff had been guests who could never leave.")
+    assert check_story(whole, spec)["twist_present"]
+    assert not check_story(GOOD.replace(TWIST_SENTENCE, "Then she understood: the staff had been guests."),
+                           spec)["twist_present"]
+    assert not check_story(GOOD.replace("never answer knocks after 2 a.m.", "never answer knocks"), SPEC)["taboo_present"]
+
+
 def test_the_taboo_must_be_stated_in_a_sentence_of_the_story():
     def taboo_ok(sentence: str) -> bool:
         return check_story(GOOD.replace(TABOO_SENTENCE, sentence), SPEC)["taboo_present"]
