@@ -27,7 +27,7 @@ TINY_PARAMS = {
     "sft": {"max_len": 640, "max_steps": 6, "batch_size": 4, "eval_every": 3, "save_every": 3, "warmup_steps": 1,
             "device": "cpu", "precision": "fp32"},
     "dpo": {"max_len": 640, "max_steps": 6, "batch_size": 2, "eval_every": 3, "save_every": 3, "warmup_steps": 1,
-            "device": "cpu", "precision": "fp32"},
+            "device": "cpu", "precision": "fp32", "onpolicy": {"samples": 2, "max_new_tokens": 40}},
     "evaluate": {"n_generations": 8, "max_new_tokens": 40, "val_batches": 2, "batch_size": 8, "device": "cpu",
                  "precision": "fp32"},
     "bundle": {"dpi": 60},

@@ -271,7 +271,9 @@ def run_stage(tmp_path, params: dict, env: dict | None = None) -> subprocess.Com
 
     from pipeline import deep_update
 
-    full = deep_update(yaml.safe_load((REPO / "params.yaml").read_text()), params)  # the repo's, some replaced
+    full = yaml.safe_load((REPO / "params.yaml").read_text())  # the repo's, some replaced
+    full["generate"]["phrase_values"] = 0  # no TinyStories text here to cut phrase values from
+    full = deep_update(full, params)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(full))
     cmd = [sys.executable, str(REPO / "stages/generate.py"), "--params", str(tmp_path / "params.yaml"),
            "--tokenizer", str(tmp_path / "none.json"), "--train-text", str(tmp_path / "none.txt"),
