@@ -36,22 +36,35 @@ def picked_rows(n: int, share: float, seed: int, split: str) -> list[int]:
     return [i for i in range(n) if random.Random(f"{seed}/onpolicy/{split}/{i}").random() < share]
 
 
-def sample_stories(model: nn.Module, tok: Tokenizer, rows: list[dict], cfg: OnPolicyConfig, seed: int, *,
-                   batch_size: int, device: torch.device, dtype: torch.dtype) -> list[list[dict]]:
-    """`cfg.samples` stories per row, each with its checks: [[{"text", "failed"}, ...] per row]."""
+def sample_texts(model: nn.Module, tok: Tokenizer, rows: list[dict], cfg: OnPolicyConfig, seed: int, *,
+                 batch_size: int, device: torch.device, dtype: torch.dtype) -> list[list[str]]:
+    """`cfg.samples` stories per row: [[text, ...] per row]."""
     sampling = SamplingConfig(temperature=cfg.temperature, top_k=0, top_p=cfg.top_p,
                               max_new_tokens=cfg.max_new_tokens, no_repeat_ngram=cfg.no_repeat_ngram, seed=seed)
     prompts = [encode_prompt(tok, r["prompt"]) for r in rows for _ in range(cfg.samples)]
     outputs = sample(model, prompts, sampling, tok.eot_id, batch_size=batch_size, device=device, dtype=dtype)
-    out = []
-    for i, row in enumerate(rows):
-        spec = Spec.from_dict(row["spec"])
-        stories = []
-        for ids in outputs[i * cfg.samples : (i + 1) * cfg.samples]:
-            text = tok.decode(ids)
-            stories.append({"text": text, "failed": failed_checks(check_story(text, spec))})
-        out.append(stories)
-    return out
+    texts = [tok.decode(ids) for ids in outputs]
+    return [texts[i * cfg.samples : (i + 1) * cfg.samples] for i in range(len(rows))]
+
+
+def judged(rows: list[dict], texts: list[list[str]]) -> list[list[dict]]:
+    """Each story with the checks it fails against its row's spec: [[{"text", "failed"}, ...] per row]."""
+    return [[{"text": t, "failed": failed_checks(check_story(t, Spec.from_dict(row["spec"])))} for t in stories]
+            for row, stories in zip(rows, texts)]
+
+
+def earlier_texts(records: list[dict], split: str, picked: list[int], samples: int) -> list[list[str]] | None:
+    """The stories of the `picked` rows in records of an earlier run (same model, rows and settings), or None when
+    they are not all there: sampling is the slow part, and a change of beta or lr does not change it."""
+    by_row: dict[int, dict[int, str]] = {}
+    for r in records:
+        if r.get("split") == split:
+            by_row.setdefault(r.get("row"), {})[r.get("sample")] = r.get("response")
+    if sorted(by_row) != picked or any(sorted(by_row[i]) != list(range(samples)) for i in picked):
+        return None
+    if not all(isinstance(t, str) for i in picked for t in by_row[i].values()):
+        return None
+    return [[by_row[i][k] for k in range(samples)] for i in picked]
 
 
 def onpolicy_pair(row: dict, stories: list[dict], chosen: str) -> dict | None:
@@ -71,11 +84,20 @@ def onpolicy_pair(row: dict, stories: list[dict], chosen: str) -> dict | None:
 
 
 def onpolicy_rows(model: nn.Module, tok: Tokenizer, rows: list[dict], split: str, cfg: OnPolicyConfig, seed: int,
-                  *, batch_size: int, device: torch.device, dtype: torch.dtype) -> tuple[list[dict], list[dict], dict]:
-    """(the rows with their picked pairs rebuilt on-policy, one record per sample, counts)."""
+                  *, batch_size: int, device: torch.device, dtype: torch.dtype, earlier: list[dict] = ()
+                  ) -> tuple[list[dict], list[dict], dict]:
+    """(the rows with their picked pairs rebuilt on-policy, one record per sample, counts). `earlier`: the
+    records of a run with the same SFT model, rows and sampling settings, whose stories are reused (and judged
+    again, by this checker)."""
     picked = picked_rows(len(rows), cfg.share, seed, split)
-    samples = sample_stories(model, tok, [rows[i] for i in picked], cfg, seed, batch_size=batch_size, device=device,
+    texts = earlier_texts(list(earlier), split, picked, cfg.samples)
+    if texts is not None:
+        log.info("reusing the SFT model's %d stories on the %s prompts from the last run", len(picked) * cfg.samples,
+                 split)
+    else:
+        texts = sample_texts(model, tok, [rows[i] for i in picked], cfg, seed, batch_size=batch_size, device=device,
                              dtype=dtype) if picked else []
+    samples = judged([rows[i] for i in picked], texts)
     out, records, kinds, failures = list(rows), [], Counter(), Counter()
     for i, stories in zip(picked, samples):
         pair = onpolicy_pair(rows[i], stories, cfg.chosen)
@@ -92,10 +114,11 @@ def onpolicy_rows(model: nn.Module, tok: Tokenizer, rows: list[dict], split: str
     return out, records, counts
 
 
-def onpolicy_pairs(cfg: DPOConfig, sft_ckpt: Checkpoint, tok: Tokenizer, splits: dict[str, list[dict]]
-                   ) -> tuple[dict[str, list[dict]], list[dict], dict]:
+def onpolicy_pairs(cfg: DPOConfig, sft_ckpt: Checkpoint, tok: Tokenizer, splits: dict[str, list[dict]],
+                   earlier: list[dict] = ()) -> tuple[dict[str, list[dict]], list[dict], dict]:
     """The DPO rows with `dpo.onpolicy.share` of their pairs rebuilt from the SFT model's own samples (before DPO
-    touches it): ({split: rows}, one record per sample, {split: counts}). Nothing is sampled at share 0."""
+    touches it): ({split: rows}, one record per sample, {split: counts}). Nothing is sampled at share 0; the
+    stories of `earlier` records (the same model, rows and sampling settings) are reused."""
     if cfg.onpolicy.share == 0:
         return splits, [], {}
     device = resolve_device(cfg.device)
@@ -104,7 +127,7 @@ def onpolicy_pairs(cfg: DPOConfig, sft_ckpt: Checkpoint, tok: Tokenizer, splits:
     for split, rows in splits.items():
         out[split], split_records, counts[split] = onpolicy_rows(
             sft_ckpt.model, tok, rows, split, cfg.onpolicy, cfg.seed, batch_size=2 * cfg.batch_size, device=device,
-            dtype=dtype)
+            dtype=dtype, earlier=earlier)
         records += split_records
         log.info("on-policy %s: %d of %d pairs rebuilt; %.3f of %d samples pass every check", split,
                  len(rows) - counts[split]["pairs"].get("template_kept", 0) - (len(rows) - counts[split]["picked"]),

@@ -6,21 +6,32 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this copy's pico: queued exps run in temp copies
 from pico.checkpoint import load_checkpoint
 from pico.config import load_params
 from pico.device import check_batch_fits, is_main_process, resolve_device
+from pico.errors import DataError
 from pico.io import read_jsonl, sha256_file, write_jsonl
+from pico.onpolicy import onpolicy_pairs
 from pico.prompt import check_context, longest_example_tokens
 from pico.recipes import fingerprint, write_trained
-from pico.onpolicy import onpolicy_pairs
 from pico.recipes.finetune import dpo
 from pico.stage import run_stage, stage_args
 from pico.tokenizer import load_tokenizer
 
 log = logging.getLogger("dpo")
+
+
+def read_earlier(path: str) -> list[dict]:
+    """The records of the last run's samples file; none when it is missing or unreadable (it is only a cache)."""
+    try:
+        return read_jsonl(path) if Path(path).exists() else []
+    except DataError as e:
+        log.warning("not reusing %s: %s", path, e)
+        return []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,10 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     check_batch_fits("dpo.batch_size", 2 * cfg.batch_size, cfg.max_len, model.d_model, model.n_layer, device)
     rows = [read_jsonl(path, texts=("prompt", "chosen", "rejected")) for path in (args.train, args.valid)]
     inputs_id = tuple(sha256_file(path) for path in (args.sft, args.train, args.valid))
-    # on-policy pairs: the SFT model's own stories on these prompts, judged by the checker (pico/onpolicy.py)
-    splits, samples, onpolicy = onpolicy_pairs(cfg, sft_ckpt, tok, {"train": rows[0], "valid": rows[1]})
+    # on-policy pairs: the SFT model's own stories on these prompts, judged by the checker (pico/onpolicy.py);
+    # the stories of the last run are reused while the model, rows and sampling settings stay (a beta sweep)
+    samples_id = fingerprint("dpo-samples", *inputs_id, asdict(cfg.onpolicy), cfg.seed, cfg.batch_size, cfg.device,
+                             cfg.precision)
+    earlier = [r for r in read_earlier(args.samples_out) if r.get("fingerprint") == samples_id]
+    splits, samples, onpolicy = onpolicy_pairs(cfg, sft_ckpt, tok, {"train": rows[0], "valid": rows[1]}, earlier)
     if is_main_process():
-        write_jsonl(args.samples_out, samples)
+        write_jsonl(args.samples_out, [{**r, "fingerprint": samples_id} for r in samples])
     if onpolicy:
         rows = [splits["train"], splits["valid"]]
         inputs_id += (fingerprint(rows),)

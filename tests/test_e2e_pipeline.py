@@ -148,6 +148,7 @@ def test_dpo_beta_experiment_reruns_only_dpo_and_downstream(repo_copy):
     assert ran[0] == "dpo"
     assert not {"prepare", "tokenizer", "generate", "pretrain", "sft"} & set(ran)
     assert "reusing reference log-probs" in proc.stdout + proc.stderr
+    assert "reusing the SFT model's" in proc.stdout + proc.stderr  # beta does not change the on-policy samples
 
 
 def test_bad_dpo_params_fail_naming_the_key(repo_copy):

@@ -13,7 +13,7 @@ from conftest import config
 from pico.checkpoint import load_checkpoint
 from pico.checks import check_story, failed_checks
 from pico.generate import template_row
-from pico.onpolicy import onpolicy_pair, onpolicy_pairs, onpolicy_rows, picked_rows
+from pico.onpolicy import earlier_texts, onpolicy_pair, onpolicy_pairs, onpolicy_rows, picked_rows
 from pico.spec import Spec, sample_specs
 
 
@@ -80,3 +80,24 @@ def test_onpolicy_pairs_at_share_zero_samples_nothing(sft_model, tok):
     cfg = config("dpo")
     cfg = dataclasses.replace(cfg, onpolicy=dataclasses.replace(cfg.onpolicy, share=0.0))
     assert onpolicy_pairs(cfg, sft_model, tok, rows) == (rows, [], {})
+
+
+def test_earlier_records_are_reused_and_judged_again(sft_model, tok, monkeypatch):
+    import pico.onpolicy
+
+    rows = dpo_rows(5)
+    cfg = dataclasses.replace(config("dpo").onpolicy, share=1.0, samples=2, max_new_tokens=24)
+    kwargs = dict(batch_size=4, device=torch.device("cpu"), dtype=torch.float32)
+    out, records, counts = onpolicy_rows(sft_model.model, tok, rows, "train", cfg, 7, **kwargs)
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled although the earlier stories were there")
+
+    monkeypatch.setattr(pico.onpolicy, "sample", no_sampling)
+    stale = [{**r, "failed": []} for r in records]  # a verdict of another checker: judged again, not trusted
+    again = onpolicy_rows(sft_model.model, tok, rows, "train", cfg, 7, earlier=stale, **kwargs)
+    assert again[0] == out and again[1] == records and again[2] == counts
+    assert earlier_texts(records[:-1], "train", list(range(5)), 2) is None  # one story missing: sample again
+    assert earlier_texts(records, "valid", list(range(5)), 2) is None  # another split's
+    with pytest.raises(AssertionError, match="sampled although"):
+        onpolicy_rows(sft_model.model, tok, rows, "train", cfg, 7, earlier=records[:-1], **kwargs)
