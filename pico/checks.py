@@ -8,8 +8,9 @@ The checks, in `CHECKS` order:
 - protagonist_named: the protagonist's name occurs as a word.
 - object_used: one sentence names the object: its head noun and at least half of its other core words.
 - taboo_present: a sentence of the story states the taboo: it holds most of the taboo's distinctive words
-  (paraphrase allowed) and its last content word (a taboo cut short is not stated), and words of its own, not just field and meta words ('The rule: ...') or a fragment
-  stuffed among other fields; a bare statement counts inside narrative ('Agnes had one rule. Never ...').
+  (paraphrase allowed) and its last content word (a taboo cut short is not stated), and words of its own, not
+  just field and meta words ('The rule: ...') or a fragment stuffed among other fields; a bare statement counts
+  inside narrative ('Agnes had one rule. Never ...').
 - twist_present: the same for the twist.
 - unsettling_ending: the last paragraph as a whole holds at least two distinct cues of dread (something
   there, something going on, something lost or withheld), more than its happy cues, and does not land on a
