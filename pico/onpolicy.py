@@ -5,7 +5,9 @@ SFT model makes. Sampling it on the DPO prompts, whose specs it was never traine
 checker fails gives pairs whose rejected side is the model's own error: a value's tail said twice, a stray
 paragraph, a garbled made-up word, a taboo never stated. This is iterative/online DPO with a rule-based judge
 (the spec's checks, `pico.checks`). The checker is also what `evaluate` scores, on test specs no DPO prompt
-shares, so a gain here means the model learned to satisfy the spec's checks on specs it never saw.
+shares: a gain means the model satisfies the checks on specs it never saw, and DPO will also learn whatever the
+checker misses (RESEARCH.md finding 35: twists cut short, until the check was fixed), so read its stories too
+(`benchmarks/verbatim_values.py`).
 """
 
 from __future__ import annotations
@@ -130,6 +132,6 @@ def onpolicy_pairs(cfg: DPOConfig, sft_ckpt: Checkpoint, tok: Tokenizer, splits:
             dtype=dtype, earlier=earlier)
         records += split_records
         log.info("on-policy %s: %d of %d pairs rebuilt; %.3f of %d samples pass every check", split,
-                 len(rows) - counts[split]["pairs"].get("template_kept", 0) - (len(rows) - counts[split]["picked"]),
+                 counts[split]["picked"] - counts[split]["pairs"].get("template_kept", 0),
                  len(rows), counts[split]["sample_pass_all"], counts[split]["samples"])
     return out, records, counts
