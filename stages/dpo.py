@@ -53,8 +53,6 @@ def main(argv: list[str] | None = None) -> int:
                              cfg.precision)
     earlier = [r for r in read_earlier(args.samples_out) if r.get("fingerprint") == samples_id]
     splits, samples, onpolicy = onpolicy_pairs(cfg, sft_ckpt, tok, {"train": rows[0], "valid": rows[1]}, earlier)
-    if is_main_process():
-        write_jsonl(args.samples_out, [{**r, "fingerprint": samples_id} for r in samples])
     if onpolicy:
         rows = [splits["train"], splits["valid"]]
         inputs_id += (fingerprint(rows),)
@@ -65,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     if is_main_process():
         if onpolicy:
             trained.metrics["onpolicy"] = onpolicy
+        # written with the other outputs, never before them: a killed run leaves every output as it was
+        write_jsonl(args.samples_out, [{**r, "fingerprint": samples_id} for r in samples])
         metrics = write_trained(trained, stage="dpo", tokenizer_hash=tok.hash, started=started, out=args.out,
                                 metrics_path=args.metrics, plots_dir=args.plots_dir, resume=args.resume,
                                 parent=args.sft)

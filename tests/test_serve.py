@@ -201,7 +201,7 @@ def test_generate_stage_with_pico_serve_as_its_teacher(serve, model, tok, tmp_pa
     server = serve(api_key=KEY)
     small = {"train": 2, "valid": 1, "test": 1}
     params = deep_update(yaml.safe_load((REPO / "params.yaml").read_text()), {"generate": {
-        "provider": "openai", "sft_splits": {**small, "test_unseen": 1}, "dpo_splits": small,
+        "provider": "openai", "sft_splits": {**small, "test_unseen": 1}, "dpo_splits": small, "phrase_values": 0,
         "teacher": {"base_url": server.url + "/v1", "model": "tiny", "api_key_env": "PICO_SERVE_TEST_KEY",
                     "max_tokens": 24, "max_attempts": 2, "concurrency": 4, "backoff_s": 0.0}}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
