@@ -125,20 +125,29 @@ def fresh_names(row: dict) -> float:
     return float(row.get("generate.fresh_names") or 0.0)  # runs from before the knob had none
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
-    """One line per checkpoint and data recipe (`fresh_names`): points of different data are not one curve."""
+def plot(rows: list[dict], path: Path, title: str) -> list[str]:
+    """One line per checkpoint, data recipe (`fresh_names`) and model width: points of different data or shape
+    are not one curve. Returns the lines' labels."""
+    labels = []
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    series = [(ckpt, share) for share in sorted({fresh_names(r) for r in rows}) for ckpt in ("sft", "dpo")]
-    for i, (ckpt, share) in enumerate(series):
+    groups = sorted({(fresh_names(r), r["model.d_model"] or 0) for r in rows}, key=lambda g: (g[0], -g[1]))
+    series = [(ckpt, group) for group in groups for ckpt in ("sft", "dpo")]
+    for i, (ckpt, (share, width)) in enumerate(series):
         color = {"sft": "#4c72b0", "dpo": "#c44e52"}[ckpt]
-        pts = [r for r in rows if r[f"{ckpt}_unseen_pass_all"] is not None and fresh_names(r) == share]
+        pts = [r for r in rows if r[f"{ckpt}_unseen_pass_all"] is not None
+               and (fresh_names(r), r["model.d_model"] or 0) == (share, width)]
         if not pts:
             continue
         xs = [r[f"{ckpt}_flops"] for r in pts]
         ys = [r[f"{ckpt}_unseen_pass_all"] for r in pts]
         err = [[y - r[f"{ckpt}_unseen_pass_all_lo"] for y, r in zip(ys, pts)],
                [r[f"{ckpt}_unseen_pass_all_hi"] - y for y, r in zip(ys, pts)]]
-        label = ckpt.upper() + (f", fresh_names {share:g}" if len(series) > 2 else "")
+        label = ckpt.upper()
+        if len({g[0] for g in groups}) > 1:
+            label += f", fresh_names {share:g}"
+        if len({g[1] for g in groups}) > 1:
+            label += f", d_model {width}"
+        labels.append(label)
         ax.errorbar(xs, ys, yerr=err, fmt="os^v"[i // 2 % 4] + ("-" if i < 2 else "--"), color=color, capsize=3,
                     label=label, alpha=1.0 if i < 2 else 0.75)
     ax.set_xscale("log")
@@ -150,6 +159,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130, metadata={"Software": None})
+    plt.close(fig)
+    return labels
 
 
 def main() -> None:

@@ -52,6 +52,17 @@ def test_rows_flops_and_outputs(tmp_path):
     assert "| small |" in (tmp_path / "scaling_study.md").read_text()
 
 
+def test_plot_draws_one_line_per_model_width(tmp_path):
+    m = load_script()
+    show = [{"rev": "abc", "data": {}, "experiments": [experiment("a", 100, 128, 0.1), experiment("b", 300, 128, 0.2),
+                                                       experiment("c", 100, 192, 0.3)]}]
+    rows = m.rows_of(m.parse_exp_show(show))
+    assert m.plot(rows, tmp_path / "p.png", "t") == ["SFT, d_model 192", "DPO, d_model 192",
+                                                     "SFT, d_model 128", "DPO, d_model 128"]
+    one_width = [r for r in rows if r["model.d_model"] == 128]
+    assert m.plot(one_width, tmp_path / "q.png", "t") == ["SFT", "DPO"]
+
+
 def test_unfinished_runs_are_left_out_and_runs_can_be_chosen(tmp_path):
     """A queued or running experiment shows its baseline's metrics in `dvc exp show`: never a point."""
     running = experiment("running", 300, 64, 0.9)
