@@ -130,7 +130,9 @@ class OnPolicyConfig(Section):
     KEY = "dpo.onpolicy"
     share: float = knob("share of train/valid pairs rebuilt from samples (0 = the template pairs only)", "[0, 1]")
     samples: int = knob("stories sampled per prompt; the first one the checker fails becomes the rejected", "[1, 64]")
-    chosen: Literal["template", "self"] = knob("the template's story, or the first sample passing every check")
+    chosen: Literal["template", "self", "self_only"] = knob(
+        "the template's story, or the first sample passing every check (self_only: a rebuilt row without both a "
+        "passing and a failing sample is dropped, so no template story is in a rebuilt pair)")
     temperature: float = knob("sampling temperature", "(0, 100]")
     top_p: float = knob("nucleus mass (1 = off)", "(0, 1]")
     max_new_tokens: int = knob("story length cap in tokens", "(0, inf)")

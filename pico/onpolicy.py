@@ -23,6 +23,7 @@ from pico.checkpoint import Checkpoint
 from pico.checks import check_story, failed_checks
 from pico.config import DPOConfig, OnPolicyConfig
 from pico.device import resolve_device, resolve_precision
+from pico.errors import DataError
 from pico.prompt import encode_prompt
 from pico.sampling import SamplingConfig, sample
 from pico.spec import Spec
@@ -73,7 +74,8 @@ def onpolicy_pair(row: dict, stories: list[dict], chosen: str) -> dict | None:
     """The row's pair rebuilt from its samples, or None when no sample fails a check (the template pair stays).
 
     rejected: the first sample the checker fails. chosen: the template's story, or (`chosen: self`) the first
-    sample that passes every check when there is one."""
+    sample that passes every check when there is one. (`chosen: self_only` is `self` here; `onpolicy_rows` drops
+    the rows it leaves without a passing sample.)"""
     failing = [s for s in stories if s["failed"]]
     if not failing:
         return None
@@ -90,7 +92,8 @@ def onpolicy_rows(model: nn.Module, tok: Tokenizer, rows: list[dict], split: str
                   ) -> tuple[list[dict], list[dict], dict]:
     """(the rows with their picked pairs rebuilt on-policy, one record per sample, counts). `earlier`: the
     records of a run with the same SFT model, rows and sampling settings, whose stories are reused (and judged
-    again, by this checker)."""
+    again, by this checker). With `chosen: self_only` a picked row left without both a passing and a failing
+    sample is dropped: a template story against the model's own teaches style, not the task (RESEARCH.md 34c)."""
     picked = picked_rows(len(rows), cfg.share, seed, split)
     texts = earlier_texts(list(earlier), split, picked, cfg.samples)
     if texts is not None:
@@ -100,17 +103,26 @@ def onpolicy_rows(model: nn.Module, tok: Tokenizer, rows: list[dict], split: str
         texts = sample_texts(model, tok, [rows[i] for i in picked], cfg, seed, batch_size=batch_size, device=device,
                              dtype=dtype) if picked else []
     samples = judged([rows[i] for i in picked], texts)
-    out, records, kinds, failures = list(rows), [], Counter(), Counter()
+    out, records, kinds, failures, dropped = list(rows), [], Counter(), Counter(), set()
     for i, stories in zip(picked, samples):
-        pair = onpolicy_pair(rows[i], stories, cfg.chosen)
-        kinds[pair["pair_kind"] if pair else "template_kept"] += 1
-        if pair is not None:
+        pair = onpolicy_pair(rows[i], stories, "self" if cfg.chosen == "self_only" else cfg.chosen)
+        if cfg.chosen == "self_only" and (pair is None or pair["pair_kind"] != "onpolicy_both"):
+            dropped.add(i)  # no pair of the model's own stories: its row leaves rather than keep a template story
+            kinds["dropped"] += 1
+        else:
+            kinds[pair["pair_kind"] if pair else "template_kept"] += 1
+        if pair is not None and i not in dropped:
             out[i] = pair
             failures.update(pair["rejected_failed"])
         records += [{"split": split, "row": i, "sample": k, "response": s["text"], "failed": s["failed"],
                      "passed_all": not s["failed"]} for k, s in enumerate(stories)]
+    out = [row for i, row in enumerate(out) if i not in dropped]
+    if not out:
+        raise DataError(f"dpo.onpolicy.chosen: self_only left no {split} pair: no {split} prompt had both a story "
+                        f"the checker passes and one it fails in {cfg.samples} samples; raise dpo.onpolicy.samples "
+                        f"or use chosen: self")
     n_samples = len(records)
-    counts = {"rows": len(rows), "picked": len(picked), "samples": n_samples,
+    counts = {"rows": len(rows), "picked": len(picked), "samples": n_samples, "kept_rows": len(out),
               "sample_pass_all": round(sum(r["passed_all"] for r in records) / n_samples, 5) if n_samples else 0.0,
               "pairs": dict(sorted(kinds.items())), "rejected_failed": dict(failures.most_common())}
     return out, records, counts

@@ -12,6 +12,7 @@ import torch
 from conftest import config
 from pico.checkpoint import load_checkpoint
 from pico.checks import check_story, failed_checks
+from pico.errors import DataError
 from pico.generate import template_row
 from pico.onpolicy import earlier_texts, onpolicy_pair, onpolicy_pairs, onpolicy_rows, picked_rows
 from pico.spec import Spec, sample_specs
@@ -73,6 +74,31 @@ def test_onpolicy_rows_rebuild_picked_pairs_from_failing_samples(sft_model, tok)
     assert counts["pairs"] == {"onpolicy": len(picked)} and counts["sample_pass_all"] == 0.0
     again = onpolicy_rows(sft_model.model, tok, rows, "train", cfg, 7, **kwargs)
     assert again[0] == out and again[1] == records  # same seed, same samples
+
+
+def test_self_only_drops_rows_without_a_pair_of_own_stories(sft_model, tok, monkeypatch):
+    import pico.onpolicy
+
+    rows = dpo_rows(4)
+    verdicts = {0: [[], ["fluent"]], 1: [["fluent"], ["twist_present"]], 2: [[], []], 3: [["fluent"], []]}
+
+    def fake_judged(picked_rows_, texts):  # rows 0 and 3 have a passing and a failing story, 1 only failing, 2 none
+        return [[{"text": f"story {i}.{k}", "failed": f} for k, f in enumerate(verdicts[i])] for i in range(4)]
+
+    monkeypatch.setattr(pico.onpolicy, "judged", fake_judged)
+    cfg = dataclasses.replace(config("dpo").onpolicy, share=1.0, samples=2, max_new_tokens=4, chosen="self_only")
+    kwargs = dict(batch_size=4, device=torch.device("cpu"), dtype=torch.float32)
+    out, records, counts = onpolicy_rows(sft_model.model, tok, rows, "train", cfg, 7, **kwargs)
+    assert [(r["chosen"], r["rejected"]) for r in out] == [("story 0.0", "story 0.1"), ("story 3.1", "story 3.0")]
+    assert counts["pairs"] == {"dropped": 2, "onpolicy_both": 2} and counts["kept_rows"] == 2
+    assert len(records) == 8  # every sample is still written
+    self_cfg = dataclasses.replace(cfg, chosen="self")  # the same samples, template stories kept where needed
+    out_self, _, counts_self = onpolicy_rows(sft_model.model, tok, rows, "train", self_cfg, 7, **kwargs)
+    assert len(out_self) == 4 and out_self[2] is rows[2] and out_self[1]["chosen"] == rows[1]["chosen"]
+    assert counts_self["kept_rows"] == 4
+    verdicts.update({0: [["fluent"], ["fluent"]], 3: [[], []]})
+    with pytest.raises(DataError, match="dpo.onpolicy.chosen: self_only left no train pair"):
+        onpolicy_rows(sft_model.model, tok, rows, "train", cfg, 7, **kwargs)
 
 
 def test_onpolicy_pairs_at_share_zero_samples_nothing(sft_model, tok):
