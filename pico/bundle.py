@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pico.checks import CHECKS  # noqa: E402
+from pico.checks import CHECKS, object_core  # noqa: E402
 from pico.compare import KEY_METRICS, direction  # noqa: E402
 from pico.config import Params  # noqa: E402
 from pico.errors import SECRET_NAME, URL_USERINFO, secret_values  # noqa: E402, F401 (secret_values: stages/bundle.py)
@@ -263,6 +263,50 @@ def samples_markdown(records: list[dict], n: int) -> str:
     return "\n".join(parts)
 
 
+def highlighted(story: str, spec: dict) -> str:
+    """The story with the spec's object (its core), taboo and twist in bold wherever it says them word for word."""
+    phrases = [object_core(spec.get("object", "")), spec.get("taboo", ""), spec.get("twist", "")]
+    spans: list[tuple[int, int]] = []
+    for phrase in sorted((p for p in phrases if p.strip()), key=len, reverse=True):
+        for m in re.finditer(re.escape(phrase.strip()), story, flags=re.IGNORECASE):
+            if all(m.end() <= a or m.start() >= b for a, b in spans):  # the longest phrase wins an overlap
+                spans.append(m.span())
+    out, at = [], 0
+    for a, b in sorted(spans):
+        out += [story[at:a], "**", story[a:b], "**"]
+        at = b
+    return "".join(out + [story[at:]])
+
+
+def passing_markdown(records: list[dict], checkpoint: str = "dpo", contrast: str = "sft") -> str:
+    """Every spec whose `checkpoint` story passes every check, its spec's values in bold where the story says
+    them word for word, beside the `contrast` checkpoint's story for the same spec."""
+    by_index: dict[int, dict[str, dict]] = {}
+    for r in records:
+        by_index.setdefault(r["index"], {})[r["checkpoint"]] = r
+    scored = [i for i in sorted(by_index) if checkpoint in by_index[i]]
+    passing = [i for i in scored if not by_index[i][checkpoint]["failed"]]
+    parts = [f"# Unseen specs whose {checkpoint} story passes every check", "",
+             f"{len(passing)} of {len(scored)} unseen specs (values held out of all training data), all of them, in "
+             f"spec order. The spec's object, taboo and twist are in **bold** where the story says them word for "
+             f"word (the checker also accepts a sentence that states them in other words); the {contrast} model's "
+             f"story for the same spec follows.", ""]
+    for index in passing:
+        rows = by_index[index]
+        spec = rows[checkpoint]["spec"]
+        parts += [f"## Spec {index + 1}: {spec['title']}", "",
+                  *[f"- **{k}**: {v}" for k, v in spec.items() if k != "title"], ""]
+        for name in (checkpoint, contrast):
+            r = rows.get(name)
+            if r is None:
+                continue
+            failed = ", ".join(r["failed"]) if r["failed"] else "none (passes every check)"
+            story = highlighted(r["response"].strip(), spec) or "(empty)"
+            parts += [f"### {name}", "", *["> " + line if line else ">" for line in story.split("\n")], "",
+                      f"Failed checks: {failed}.", ""]
+    return "\n".join(parts)
+
+
 # ----------------------------------------------------------------------------------------------- snapshot
 def safe_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if env is None else env)
@@ -475,6 +519,8 @@ def readme_markdown(title: str, facts: list[str], inputs: BundleInputs, table: p
         "[tables/checkpoint_metrics.md](tables/checkpoint_metrics.md), "
         "[tables/dataset_stats.md](tables/dataset_stats.md)",
         "- [samples/generations.md](samples/generations.md): the same prompts side by side",
+        "- [samples/passing.md](samples/passing.md): every unseen spec whose DPO story passes every check, its "
+        "values in bold, beside SFT's story",
         "- [run_snapshot/](run_snapshot/): params, metrics, dataset stats, dvc.lock, experiment_config.yaml", "",
     ])
 
@@ -502,6 +548,7 @@ def write_bundle(out: Path, inputs: BundleInputs, params_sha256: str) -> None:
     write_text(tables / "dataset_stats.md", markdown_table(stats, index_name="split") + "\n")
     stats.to_csv(tables / "dataset_stats.csv", index_label="split")
     write_text(out / "samples" / "generations.md", samples_markdown(inputs.generations, cfg.n_samples))
+    write_text(out / "samples" / "passing.md", passing_markdown(inputs.generations))
 
     snapshot = out / "run_snapshot"
     (snapshot / "metrics").mkdir(parents=True)

@@ -87,7 +87,7 @@ def test_bundle_is_complete_and_renders_offline(built, tmp_path):
     results = repo / "results"
     for rel in ["README.md", "report.html", "figures/headline.png", "figures/summary.png", "figures/checkpoint_bars.png",
                 "figures/training_curves.png", "figures/check_pass_rates.png", "tables/checkpoint_metrics.csv",
-                "tables/checkpoint_metrics.md", "samples/generations.md", "run_snapshot/params.yaml",
+                "tables/checkpoint_metrics.md", "samples/generations.md", "samples/passing.md", "run_snapshot/params.yaml",
                 "run_snapshot/dvc.lock", "run_snapshot/experiment_config.yaml", "run_snapshot/metrics/evaluate.json",
                 "run_snapshot/dataset.json"]:
         assert (results / rel).is_file(), rel
@@ -102,6 +102,7 @@ def test_bundle_is_complete_and_renders_offline(built, tmp_path):
     assert config["libraries"]["torch"].startswith("2.")
     samples = (results / "samples/generations.md").read_text()
     assert samples.count("### base") == samples.count("### dpo") >= 1
+    assert (results / "samples/passing.md").read_text().startswith("# Unseen specs whose dpo story passes every check")
     ok, total = images_ok(dump_dom(results / "report.html"))
     assert total == 5 and ok == total
     png = screenshot(results / "report.html", tmp_path / "shot.png")
