@@ -143,7 +143,8 @@ def onpolicy_pairs(cfg: DPOConfig, sft_ckpt: Checkpoint, tok: Tokenizer, splits:
             sft_ckpt.model, tok, rows, split, cfg.onpolicy, cfg.seed, batch_size=2 * cfg.batch_size, device=device,
             dtype=dtype, earlier=earlier)
         records += split_records
-        log.info("on-policy %s: %d of %d pairs rebuilt; %.3f of %d samples pass every check", split,
-                 counts[split]["picked"] - counts[split]["pairs"].get("template_kept", 0),
-                 len(rows), counts[split]["sample_pass_all"], counts[split]["samples"])
+        pairs = counts[split]["pairs"]
+        log.info("on-policy %s: %d of %d pairs rebuilt, %d rows dropped; %.3f of %d samples pass every check", split,
+                 pairs.get("onpolicy", 0) + pairs.get("onpolicy_both", 0), len(rows), pairs.get("dropped", 0),
+                 counts[split]["sample_pass_all"], counts[split]["samples"])
     return out, records, counts
