@@ -256,11 +256,16 @@ def samples_markdown(records: list[dict], n: int) -> str:
                   f"_temperature {first['temperature']}, top-p {first['top_p']}, max {first['max_new_tokens']} new "
                   f"tokens, seed {first['seed']}_", ""]
         for r in rows:
-            failed = ", ".join(r["failed"]) if r["failed"] else "none (passes every check)"
-            story = r["response"].strip() or "(empty)"
-            parts += [f"### {r['checkpoint']}", "", *["> " + line if line else ">" for line in story.split("\n")], "",
-                      f"Failed checks: {failed}. Style score {r['style_score']:.2f}.", ""]
+            parts += story_block(r["checkpoint"], r["response"].strip(), r["failed"],
+                                 f" Style score {r['style_score']:.2f}.")
     return "\n".join(parts)
+
+
+def story_block(name: str, story: str, failed: list[str], note: str = "") -> list[str]:
+    """A checkpoint's story as a Markdown quote (paragraphs kept), then the checks it failed."""
+    verdict = ", ".join(failed) if failed else "none (passes every check)"
+    return [f"### {name}", "", *["> " + line if line else ">" for line in (story or "(empty)").split("\n")], "",
+            f"Failed checks: {verdict}.{note}", ""]
 
 
 def highlighted(story: str, spec: dict) -> str:
@@ -300,10 +305,7 @@ def passing_markdown(records: list[dict], checkpoint: str = "dpo", contrast: str
             r = rows.get(name)
             if r is None:
                 continue
-            failed = ", ".join(r["failed"]) if r["failed"] else "none (passes every check)"
-            story = highlighted(r["response"].strip(), spec) or "(empty)"
-            parts += [f"### {name}", "", *["> " + line if line else ">" for line in story.split("\n")], "",
-                      f"Failed checks: {failed}.", ""]
+            parts += story_block(name, highlighted(r["response"].strip(), spec), r["failed"])
     return "\n".join(parts)
 
 
