@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import typing
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -137,6 +137,11 @@ class OnPolicyConfig(Section):
     top_p: float = knob("nucleus mass (1 = off)", "(0, 1]")
     max_new_tokens: int = knob("story length cap in tokens", "(0, inf)")
     no_repeat_ngram: int = knob("no n-gram of the generated text twice; the prompt not counted (0 = off)", "[0, inf)")
+    batch_size: int = knob("stories decoded at once (finished ones leave the batch)", "[1, 4096]")
+
+    def sampling_settings(self) -> dict:
+        """What decides the stories sampled: every knob but `chosen`, which only picks among them."""
+        return {k: v for k, v in asdict(self).items() if k != "chosen"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,6 +210,7 @@ class EvaluateConfig(Section):
     device: Device = knob("auto picks cuda, then mps, then cpu")
     precision: Precision = knob("bf16 autocast in every forward pass; auto: bf16 where native")
     batch_size: int = knob("rows per forward pass", "(0, 65536]")
+    sample_batch_size: int = knob("stories decoded at once (finished ones leave the batch)", "[1, 4096]")
     val_batches: int = knob("TinyStories val windows (x batch_size) for val loss and bits per byte", "(0, inf)")
     n_generations: int = knob("specs per split (the first n rows), the same for every checkpoint", "[0, inf)")
     temperature: float = knob("sampling temperature (0, or below 1e-6, = greedy)", "[0, 100]")

@@ -145,7 +145,7 @@ def generation_records(name: str, model: nn.Module, rows: list[dict], split: str
     """One sampled story per row, with its spec, sampling settings, checks and style score; and the scores."""
     sampling = SamplingConfig.of(cfg)
     prompts = [encode_prompt(data.tok, r["prompt"]) for r in rows]
-    outputs = sample(model, prompts, sampling, data.tok.eot_id, batch_size=cfg.batch_size, device=device,
+    outputs = sample(model, prompts, sampling, data.tok.eot_id, batch_size=cfg.sample_batch_size, device=device,
                      dtype=dtype)
     texts = [data.tok.decode(ids) for ids in outputs]
     scores = data.judge.scores(texts)

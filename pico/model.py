@@ -34,6 +34,12 @@ class KVCache:
     def capacity(self) -> int:
         return self.k.shape[3]
 
+    def select(self, rows: torch.Tensor) -> "KVCache":
+        """The cache of `rows` only (a 1-D index of batch rows): decoding drops the rows that have finished."""
+        return KVCache(k=self.k[:, rows], v=self.v[:, rows], key_valid=self.key_valid[rows],
+                       next_pos=self.next_pos[rows], length=self.length,
+                       copy=self.copy.select(rows) if self.copy is not None else None)
+
 
 @dataclass
 class CopyCache:
@@ -44,6 +50,10 @@ class CopyCache:
     key_valid: torch.Tensor  # (B, Tmax) bool: the slot and the one before it are real tokens (not padding)
     next_k: torch.Tensor  # (B, dc) the part of the next slot's key built from the last token seen
     next_valid: torch.Tensor  # (B,) bool: the last token seen was real
+
+    def select(self, rows: torch.Tensor) -> "CopyCache":
+        return CopyCache(k=self.k[rows], ids=self.ids[rows], key_valid=self.key_valid[rows],
+                         next_k=self.next_k[rows], next_valid=self.next_valid[rows])
 
 
 def rope_tables(head_size: int, max_len: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,6 +347,10 @@ class LSTMCache:
     state: tuple[torch.Tensor, torch.Tensor] | None = None
     length: int = 0
 
+    def select(self, rows: torch.Tensor) -> "LSTMCache":
+        state = None if self.state is None else tuple(s[:, rows] for s in self.state)  # (layers, B, d) each
+        return LSTMCache(state=state, length=self.length)
+
 
 class LSTMLM(nn.Module):
     supports_left_padding = False
@@ -373,6 +387,9 @@ class LSTMLM(nn.Module):
 class KGramCache:
     history: torch.Tensor | None = None  # (B, k-1) the last k-1 ids, padded with the start id
     length: int = 0
+
+    def select(self, rows: torch.Tensor) -> "KGramCache":
+        return KGramCache(history=None if self.history is None else self.history[rows], length=self.length)
 
 
 class KGramMLP(nn.Module):

@@ -140,7 +140,7 @@ def onpolicy_pairs(cfg: DPOConfig, sft_ckpt: Checkpoint, tok: Tokenizer, splits:
     out, records, counts = {}, [], {}
     for split, rows in splits.items():
         out[split], split_records, counts[split] = onpolicy_rows(
-            sft_ckpt.model, tok, rows, split, cfg.onpolicy, cfg.seed, batch_size=2 * cfg.batch_size, device=device,
+            sft_ckpt.model, tok, rows, split, cfg.onpolicy, cfg.seed, batch_size=cfg.onpolicy.batch_size, device=device,
             dtype=dtype, earlier=earlier)
         records += split_records
         pairs = counts[split]["pairs"]

@@ -57,14 +57,37 @@ def ngrams(seq: list[int], n: int) -> set[tuple[int, ...]]:
     return {tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)} if n > 0 else set()
 
 
+class NgramGuard:
+    """Which next tokens would repeat an n-gram of the text generated so far, unless that n-gram is `allowed`
+    (the prompt's: a story may say its spec's phrases, a name or the object, as often as it needs).
+
+    Kept up to date token by token (`add`), so a step costs one lookup, not a scan of the whole text.
+    """
+
+    def __init__(self, n: int, allowed: set[tuple[int, ...]] = frozenset()):
+        self.n, self.allowed = n, allowed
+        self.seq: list[int] = []
+        self.followers: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram -> the tokens that followed it
+
+    def add(self, token: int) -> None:
+        self.seq.append(token)
+        if self.n > 0 and len(self.seq) >= self.n:
+            gram = tuple(self.seq[-self.n :])
+            if gram not in self.allowed:
+                self.followers.setdefault(gram[:-1], set()).add(gram[-1])
+
+    def banned(self) -> set[int]:
+        if self.n <= 0 or len(self.seq) < self.n:
+            return set()
+        return self.followers.get(tuple(self.seq[len(self.seq) - self.n + 1 :]), set())
+
+
 def banned_by_ngram(seq: list[int], n: int, allowed: set[tuple[int, ...]] = frozenset()) -> set[int]:
-    """Tokens that would repeat an n-gram already in `seq`, unless that n-gram is `allowed` (the prompt's: a
-    story may say its spec's phrases, a name or the object, as often as it needs)."""
-    if n <= 0 or len(seq) < n:
-        return set()
-    prefix = tuple(seq[len(seq) - n + 1 :])
-    return {seq[i + n - 1] for i in range(len(seq) - n + 1)
-            if tuple(seq[i : i + n - 1]) == prefix and (*prefix, seq[i + n - 1]) not in allowed}
+    """Tokens that would repeat an n-gram already in `seq`, unless that n-gram is `allowed` (see NgramGuard)."""
+    guard = NgramGuard(n, allowed)
+    for token in seq:
+        guard.add(token)
+    return guard.banned()
 
 
 NUCLEUS_CANDIDATES = 256  # top-p looks for its nucleus among this many most likely tokens first
@@ -89,6 +112,10 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generators: list[torc
         return logits.argmax(dim=-1)
     scaled = filter_logits(logits.float() / cfg.temperature, cfg.top_k)
     found = nucleus_candidates(scaled, cfg.top_p) if cfg.top_p < 1.0 else None
+    if found is None and cfg.top_p < 1.0 and len(generators) > 1:
+        # Some row's nucleus is wider than the candidates: decide row by row, so that how a row draws (and so
+        # its story) never depends on which other rows share its batch.
+        return torch.cat([sample_next(logits[i : i + 1], cfg, [g]) for i, g in enumerate(generators)])
     if found is not None:  # draw among the nucleus only: no sort or draw over the whole vocabulary
         ids, kept = found
         probs = torch.softmax(kept, dim=-1).cpu()
@@ -134,6 +161,11 @@ def sample(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig, eos_
     return out
 
 
+# Decoding drops finished rows from the batch (and its cache) once this share of them or more has finished: each
+# drop copies the cache, so it waits until enough rows go at once to pay for the copy.
+COMPACT_SHARE = 0.25
+
+
 def _generate_batch(model, prompts, cfg, eos_id, gens, use_cache, device) -> list[list[int]]:
     B = len(prompts)
     context = model.cfg.max_seq_len
@@ -147,31 +179,39 @@ def _generate_batch(model, prompts, cfg, eos_id, gens, use_cache, device) -> lis
     idx, valid = idx.to(device), valid.to(device)
     seqs = [list(p) for p in prompts]
     new: list[list[int]] = [[] for _ in prompts]
+    guards = [NgramGuard(cfg.no_repeat_ngram, ngrams(p, cfg.no_repeat_ngram)) for p in prompts]
+    rows = list(range(B))  # the prompt of each row of the batch now; finished rows leave it (with their cache)
     done = [False] * B
-    prompt_ngrams = [ngrams(p, cfg.no_repeat_ngram) for p in prompts]
     cache = model.new_cache(B, width + budget) if use_cache else None
     logits = model(idx, cache=cache, valid=valid, last_only=True)[:, -1] if use_cache else None
     for _ in range(budget):
         if not use_cache:  # the reference path: recompute everything from the full sequences
-            logits = torch.stack([model(torch.tensor([s], device=device))[0, -1] for s in seqs])
+            logits = torch.stack([model(torch.tensor([seqs[r]], device=device))[0, -1] for r in rows])
         if cfg.no_repeat_ngram:
             logits = logits.clone()
-            for r in range(B):  # the generated text only, and the prompt's n-grams may recur: no loops, copying allowed
-                banned = banned_by_ngram(new[r], cfg.no_repeat_ngram, prompt_ngrams[r])
+            for i, r in enumerate(rows):  # the generated text only, and the prompt's n-grams may recur: no loops
+                banned = guards[r].banned()
                 if banned:
-                    logits[r, list(banned)] = float("-inf")
-        nxt = sample_next(logits, cfg, gens)
-        for r in range(B):
+                    logits[i, list(banned)] = float("-inf")
+        nxt = sample_next(logits, cfg, [gens[r] for r in rows])  # each row draws from its own stream
+        for i, r in enumerate(rows):
             if done[r]:
                 continue
-            token = int(nxt[r])
+            token = int(nxt[i])
             if token == eos_id:
                 done[r] = True
             else:
                 new[r].append(token)
                 seqs[r].append(token)
-        if all(done):
+                guards[r].add(token)
+        live = [i for i, r in enumerate(rows) if not done[r]]
+        if not live:
             break
+        if len(live) <= (1 - COMPACT_SHARE) * len(rows):
+            rows = [rows[i] for i in live]
+            if use_cache:
+                keep = torch.tensor(live, device=nxt.device)
+                cache, nxt = cache.select(keep), nxt[keep]
         if use_cache:
             logits = model(nxt.unsqueeze(1), cache=cache)[:, -1]
     return new

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this copy's pico: queued exps run in temp copies
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs_id = tuple(sha256_file(path) for path in (args.sft, args.train, args.valid))
     # on-policy pairs: the SFT model's own stories on these prompts, judged by the checker (pico/onpolicy.py);
     # the stories of the last run are reused while the model, rows and sampling settings stay (a beta sweep)
-    samples_id = fingerprint("dpo-samples", *inputs_id, asdict(cfg.onpolicy), cfg.seed, cfg.batch_size, cfg.device,
+    samples_id = fingerprint("dpo-samples", *inputs_id, cfg.onpolicy.sampling_settings(), cfg.seed, cfg.device,
                              cfg.precision)
     earlier = [r for r in read_earlier(args.samples_out) if r.get("fingerprint") == samples_id]
     splits, samples, onpolicy = onpolicy_pairs(cfg, sft_ckpt, tok, {"train": rows[0], "valid": rows[1]}, earlier)

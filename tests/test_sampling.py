@@ -170,3 +170,55 @@ def test_nucleus_candidates_keep_the_same_tokens_as_the_full_sort():
             assert torch.equal(mine, full)
     flat = torch.zeros(1, 4096)
     assert nucleus_candidates(flat, 0.95) is None
+
+
+def test_a_rows_draw_does_not_depend_on_its_batchmates():
+    from pico.sampling import sample_next
+
+    g = torch.Generator().manual_seed(1)
+    peaked = torch.randn(1, 4096, generator=g) * 8.0  # its nucleus lies within the top candidates
+    flat = torch.zeros(1, 4096)  # its nucleus does not: it needs the full sort
+    cfg = sampling(temperature=1.0, top_p=0.95)
+    for _ in range(20):
+        seed = int(torch.randint(0, 10_000, (1,), generator=g))
+        alone = sample_next(peaked, cfg, [torch.Generator().manual_seed(seed)])
+        beside_flat = sample_next(torch.cat([peaked, flat]), cfg,
+                                  [torch.Generator().manual_seed(seed), torch.Generator().manual_seed(0)])
+        assert int(beside_flat[0]) == int(alone[0])
+
+
+def test_ngram_guard_agrees_with_a_scan_of_the_whole_text():
+    from pico.sampling import NgramGuard
+
+    def scan(seq, n, allowed):  # the definition: every n-gram of seq whose first n-1 tokens end seq
+        if len(seq) < n:
+            return set()
+        prefix = tuple(seq[len(seq) - n + 1:])
+        return {seq[i + n - 1] for i in range(len(seq) - n + 1)
+                if tuple(seq[i:i + n - 1]) == prefix and tuple(seq[i:i + n]) not in allowed}
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 3, 4):
+        for _ in range(30):
+            seq = torch.randint(0, 4, (40,), generator=g).tolist()
+            allowed = {tuple(seq[i:i + n]) for i in range(0, 10)}
+            guard = NgramGuard(n, allowed)
+            for t, token in enumerate(seq):
+                assert guard.banned() == scan(seq[:t], n, allowed), (n, t)
+                guard.add(token)
+
+
+@pytest.mark.parametrize("kind", ["transformer", "lstm", "kgram_mlp"])
+@pytest.mark.parametrize("share", [0.25, 1e-9])  # the default; and a drop at every finished row
+def test_rows_that_finish_early_leave_the_batch_without_changing_any_story(kind, share, monkeypatch):
+    import pico.sampling
+
+    monkeypatch.setattr(pico.sampling, "COMPACT_SHARE", share)
+    model = tiny(kind, seed=1)
+    prompts = [[1 + i % 5, 2, 3 + i % 3] for i in range(12)]  # equal lengths: the LSTM and k-gram batch them too
+    cfg = sampling(temperature=1.5, top_p=1.0, max_new_tokens=30, seed=5)
+    eos = 7  # a common token at this temperature: rows stop at many different steps
+    together = sample(model, prompts, cfg, eos_id=eos, batch_size=12)
+    assert sum(len(ids) < 30 for ids in together) >= 3, together  # a quarter ends early: the batch shrinks
+    assert together == sample(model, prompts, cfg, eos_id=eos, batch_size=1)
+    assert together == sample(model, prompts, cfg, eos_id=eos, batch_size=12, use_cache=False)
