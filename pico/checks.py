@@ -72,6 +72,8 @@ whom whose do does did only own as into out up than then there here so if just v
 could all any some no nor also too even every each other such same about around through again never
 where will not
 """.split())
+# Pronouns a story may change when it retells a value's end ("behind him" said of a woman: "behind her").
+RETOLD_WORDS = frozenset("it him her them me us you this that these those".split())
 # Words that talk about the task rather than tell the story: they are never a sentence's "own" words.
 META_WORDS = frozenset("""
 rule rules taboo taboos twist twists story stories spec specification setting protagonist character characters
@@ -351,11 +353,16 @@ def _is_statement(story: Story, k: int, phrase_words: set[str], sw: SpecWords) -
 
 
 def _says_end(unit: Unit, phrase: str) -> bool:
-    """Whether the unit holds the phrase's last content word: a statement says the value through its end, as a
-    mention of the object must name its head noun. "the staff have been guests" does not state "the staff have
-    been guests who could never leave", though it holds 3/4 of its distinctive words (RESEARCH.md, finding 34)."""
-    last = content_words(phrase)[-1:]
-    return not last or last[0] in unit.content
+    """Whether the unit holds the phrase's last content word, and its last word when that is a function word
+    closing the phrase ("go out", "on its own"; not a pronoun a retelling may change, "behind him" -> "behind
+    her"): a statement says the value through its end, as a mention of the object must name its head noun.
+    "the staff have been guests" does not state "the staff have been guests who could never leave", though it
+    holds 3/4 of its distinctive words (RESEARCH.md, finding 34), and "the reflection has been moving" does not
+    state "the reflection has been moving on its own", though it holds its last content word (finding 42)."""
+    last, final = content_words(phrase)[-1:], words(phrase)[-1:]
+    if last and last[0] not in unit.content:
+        return False
+    return not final or final[0] not in STOPWORDS or final[0] in RETOLD_WORDS or final[0] in unit.words
 
 
 def stating_units(phrase: str, story: Story, sw: SpecWords, exclude: set[str]) -> list[int]:

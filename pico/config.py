@@ -133,6 +133,9 @@ class OnPolicyConfig(Section):
     chosen: Literal["template", "self", "self_only"] = knob(
         "the template's story, or the first sample passing every check (self_only: a rebuilt row without both a "
         "passing and a failing sample is dropped, so no template story is in a rebuilt pair)")
+    rejected: Literal["first", "values_first"] = knob(
+        "the first sample the checker fails, or (values_first) the first that fails the taboo, twist or object "
+        "check when one does")
     temperature: float = knob("sampling temperature", "(0, 100]")
     top_p: float = knob("nucleus mass (1 = off)", "(0, 1]")
     max_new_tokens: int = knob("story length cap in tokens", "(0, inf)")
@@ -140,8 +143,8 @@ class OnPolicyConfig(Section):
     batch_size: int = knob("stories decoded at once (finished ones leave the batch)", "[1, 4096]")
 
     def sampling_settings(self) -> dict:
-        """What decides the stories sampled: every knob but `chosen`, which only picks among them."""
-        return {k: v for k, v in asdict(self).items() if k != "chosen"}
+        """What decides the stories sampled: every knob but `chosen` and `rejected`, which only pick among them."""
+        return {k: v for k, v in asdict(self).items() if k not in ("chosen", "rejected")}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -70,15 +70,22 @@ def earlier_texts(records: list[dict], split: str, picked: list[int], samples: i
     return [[by_row[i][k] for k in range(samples)] for i in picked]
 
 
-def onpolicy_pair(row: dict, stories: list[dict], chosen: str) -> dict | None:
+VALUE_CHECKS = frozenset({"taboo_present", "twist_present", "object_used"})  # the spec's values, said in the story
+
+
+def onpolicy_pair(row: dict, stories: list[dict], chosen: str, rejected: str = "first") -> dict | None:
     """The row's pair rebuilt from its samples, or None when no sample fails a check (the template pair stays).
 
-    rejected: the first sample the checker fails. chosen: the template's story, or (`chosen: self`) the first
-    sample that passes every check when there is one. (`chosen: self_only` is `self` here; `onpolicy_rows` drops
-    the rows it leaves without a passing sample.)"""
+    rejected: the first sample the checker fails, or (`rejected: values_first`) the first that fails a value
+    check (taboo, twist, object) when one does, so that more pairs tell DPO to say the spec's values rather than
+    to mend the story's form. chosen: the template's story, or (`chosen: self`) the first sample that passes
+    every check when there is one. (`chosen: self_only` is `self` here; `onpolicy_rows` drops the rows it leaves
+    without a passing sample.)"""
     failing = [s for s in stories if s["failed"]]
     if not failing:
         return None
+    if rejected == "values_first":
+        failing = [s for s in failing if VALUE_CHECKS & set(s["failed"])] or failing
     passing = [s for s in stories if not s["failed"]]
     out = {**row, "rejected": failing[0]["text"], "pair_kind": "onpolicy", "rejected_failed": failing[0]["failed"]}
     if chosen == "self" and passing:
@@ -105,7 +112,7 @@ def onpolicy_rows(model: nn.Module, tok: Tokenizer, rows: list[dict], split: str
     samples = judged([rows[i] for i in picked], texts)
     out, records, kinds, failures, dropped = list(rows), [], Counter(), Counter(), set()
     for i, stories in zip(picked, samples):
-        pair = onpolicy_pair(rows[i], stories, "self" if cfg.chosen == "self_only" else cfg.chosen)
+        pair = onpolicy_pair(rows[i], stories, "self" if cfg.chosen == "self_only" else cfg.chosen, cfg.rejected)
         if cfg.chosen == "self_only" and (pair is None or pair["pair_kind"] != "onpolicy_both"):
             dropped.add(i)  # no pair of the model's own stories: its row leaves rather than keep a template story
             kinds["dropped"] += 1

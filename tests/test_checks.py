@@ -91,6 +91,23 @@ def test_a_taboo_or_twist_cut_before_its_end_is_not_stated():
     assert not check_story(GOOD.replace("never answer knocks after 2 a.m.", "never answer knocks"), SPEC)["taboo_present"]
 
 
+def test_a_twist_that_drops_its_closing_words_is_not_stated():
+    # "on its own" is all stopwords, so the last content word ("moving") is there in the cut sentence: what the
+    # default's SFT and DPO models wrote for this unseen twist (RESEARCH.md finding 42)
+    spec = Spec(**{**SPEC.to_dict(), "twist": "the reflection in the glass has been moving on its own"})
+
+    def twist_ok(sentence: str) -> bool:
+        return check_story(GOOD.replace(TWIST_SENTENCE, sentence), spec)["twist_present"]
+
+    assert twist_ok("Then she understood: the reflection in the glass has been moving on its own.")
+    assert not twist_ok("Then she understood: the reflection in the glass has been moving.")
+    assert not twist_ok("Then she understood: the reflection in the glass has been moving on its.")
+    # a pronoun at the end may change in the retelling
+    spec = Spec(**{**SPEC.to_dict(), "twist": "the thing in the hall was waiting behind him"})
+    assert check_story(GOOD.replace(TWIST_SENTENCE, "Then she understood: the thing in the hall was waiting "
+                                    "behind her."), spec)["twist_present"]
+
+
 def test_the_taboo_must_be_stated_in_a_sentence_of_the_story():
     def taboo_ok(sentence: str) -> bool:
         return check_story(GOOD.replace(TABOO_SENTENCE, sentence), SPEC)["taboo_present"]

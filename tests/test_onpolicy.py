@@ -45,6 +45,11 @@ def test_onpolicy_pair_takes_the_first_failing_and_passing_samples():
     assert (only_bad["chosen"], only_bad["pair_kind"]) == ("template chosen", "onpolicy")
     assert onpolicy_pair(row, [stories[0], stories[3]], "template") is None  # nothing failed: no pair to make
     assert row["rejected"] == "template rejected"  # the input row is not changed
+    values = onpolicy_pair(row, stories, "self", "values_first")  # the first story that fails a value check
+    assert (values["chosen"], values["rejected"], values["rejected_failed"]) == ("good one", "bad two",
+                                                                              ["twist_present", "fluent"])
+    form_only = onpolicy_pair(row, stories[:2], "self", "values_first")  # none fails one: the first failing
+    assert form_only["rejected"] == "bad one"
 
 
 @pytest.fixture
