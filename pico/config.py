@@ -154,6 +154,7 @@ class DPOConfig(FinetuneConfig):
     label_smoothing: float = knob("conservative DPO epsilon", "[0, 0.5)")
     loss_type: Literal["sigmoid", "ipo"] = knob("sigmoid (DPO) or ipo")
     rpo_alpha: float = knob("weight of the chosen story's mean token NLL added to the loss (RPO); 0 = off", "[0, 100]")
+    skip_copies: bool = knob("leave the tokens that copy a spec value out of the log-ratios (RPO's NLL keeps them)")
     onpolicy: OnPolicyConfig = knob("pairs from the SFT model's own samples, judged by the checker")
 
 

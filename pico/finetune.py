@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from pico.device import autocast_for, dist_info
 from pico.losses import model_token_logps
-from pico.prompt import Encoded, encode_responses, encode_sft
+from pico.prompt import Encoded, encode_responses, encode_sft, parse_prompt, with_copies_skipped
 from pico.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -80,17 +80,27 @@ class Pair:
         return self.chosen.n_loss_tokens, self.rejected.n_loss_tokens
 
 
-def encode_pair(tok: Tokenizer, row: dict, max_len: int, truncation: str) -> Pair | None:
-    """Chosen and rejected after the same (possibly left-cut) prompt; None when the longer one cannot fit."""
-    encoded = encode_responses(tok, row["prompt"], [row["chosen"], row["rejected"]], max_len, truncation)
-    return Pair(*encoded) if encoded else None
+def encode_pair(tok: Tokenizer, row: dict, max_len: int, truncation: str, skip_copies: bool = False) -> Pair | None:
+    """Chosen and rejected after the same (possibly left-cut) prompt; None when the longer one cannot fit.
+
+    `skip_copies`: the tokens of each story that copy a spec value are marked to be left out of DPO's
+    log-ratios (`with_copies_skipped`), so the preference moves how a story is told, not where a copy stops.
+    """
+    stories = [row["chosen"], row["rejected"]]
+    encoded = encode_responses(tok, row["prompt"], stories, max_len, truncation)
+    if not encoded:
+        return None
+    if skip_copies:
+        spec = parse_prompt(row["prompt"])
+        encoded = [with_copies_skipped(tok, e, story, spec) for e, story in zip(encoded, stories)]
+    return Pair(*encoded)
 
 
-def encode_dpo_rows(tok: Tokenizer, rows: list[dict], max_len: int,
-                    truncation: str) -> tuple[list[Pair], EncodeReport]:
+def encode_dpo_rows(tok: Tokenizer, rows: list[dict], max_len: int, truncation: str,
+                    skip_copies: bool = False) -> tuple[list[Pair], EncodeReport]:
     """Encoded pairs; a pair whose chosen and rejected are the same text teaches nothing: dropped, counted."""
     distinct = [row for row in rows if row["chosen"] != row["rejected"]]
-    pairs, report = encode_rows(distinct, lambda row: encode_pair(tok, row, max_len, truncation))
+    pairs, report = encode_rows(distinct, lambda row: encode_pair(tok, row, max_len, truncation, skip_copies))
     report.rows, report.identical = len(rows), len(rows) - len(distinct)
     if report.identical:
         log.warning("dropped %d pair(s) whose chosen and rejected stories are identical", report.identical)
@@ -103,7 +113,10 @@ def with_reference(pairs: list[Pair], logps: torch.Tensor) -> list[Pair]:
 
 
 def collate(encoded: list[Encoded]) -> dict:
-    """Right-padded (B, T) inputs and targets; loss_mask is 1 exactly where the target is a response id or EOS."""
+    """Right-padded (B, T) inputs and targets; loss_mask is 1 exactly where the target is a response id or EOS.
+
+    When a row marks response positions to `skip`, `pref_mask` is loss_mask without them (what DPO sums).
+    """
     T = max(len(e.ids) for e in encoded) - 1
     B = len(encoded)
     input_ids = torch.full((B, T), PAD_ID, dtype=torch.long)
@@ -115,8 +128,14 @@ def collate(encoded: list[Encoded]) -> dict:
         input_ids[i, :n] = ids[:-1]
         targets[i, :n] = ids[1:]
         loss_mask[i, e.loss_start - 1 : n] = 1.0  # target t is ids[t+1]: the response starts at t = loss_start-1
-    return {"input_ids": input_ids, "targets": targets, "loss_mask": loss_mask,
-            "tokens": sum(len(e.ids) - 1 for e in encoded)}
+    batch = {"input_ids": input_ids, "targets": targets, "loss_mask": loss_mask,
+             "tokens": sum(len(e.ids) - 1 for e in encoded)}
+    if any(e.skip for e in encoded):
+        pref_mask = loss_mask.clone()
+        for i, e in enumerate(encoded):
+            pref_mask[i, [e.loss_start - 1 + j for j in e.skip]] = 0.0
+        batch["pref_mask"] = pref_mask
+    return batch
 
 
 def sft_batch(encoded: list[Encoded]) -> dict:
@@ -184,7 +203,8 @@ def planned_steps(n_batches: int, grad_accum: int, epochs: float, max_steps: int
 @torch.no_grad()
 def pair_logps(model: nn.Module, pairs: list[Pair], batch_size: int, device: torch.device,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Summed response log-probs of every pair under `model`: (N, 2) [chosen, rejected].
+    """Summed response log-probs of every pair under `model`: (N, 2) [chosen, rejected], over the tokens DPO
+    sums (a pair's `skip` positions left out).
 
     DPO calls it once with the frozen SFT model (the reference); evaluation calls it for every checkpoint.
     """
@@ -197,6 +217,6 @@ def pair_logps(model: nn.Module, pairs: list[Pair], batch_size: int, device: tor
             batch = collate([pairs[i].chosen for i in idx] + [pairs[i].rejected for i in idx])
             mask = batch["loss_mask"].to(device)
             token = model_token_logps(model, batch["input_ids"].to(device), batch["targets"].to(device), mask)
-            logps = (token * mask).sum(dim=1).float().cpu()
+            logps = (token * batch.get("pref_mask", batch["loss_mask"]).to(device)).sum(dim=1).float().cpu()
             out[idx, 0], out[idx, 1] = logps[: len(idx)], logps[len(idx) :]
     return out

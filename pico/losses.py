@@ -135,16 +135,18 @@ def dpo_batch_loss(model: nn.Module, batch: dict, *, beta: float, label_smoothin
                    loss_type: str = "sigmoid", rpo_alpha: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """DPO on a batch holding B chosen rows then B rejected rows in one (2B, T) tensor: one forward pass.
 
-    The reference log-probs were computed once, before training (`ref_chosen`, `ref_rejected`, (B,), summed);
+    The reference log-probs were computed once, before training (`ref_chosen`, `ref_rejected`, (B,), summed
+    over `pref_mask` when the batch has one: the response tokens less those that copy a spec value);
     `n_tokens` (B, 2) gives the per-token averages IPO uses. `rpo_alpha` > 0 adds that times the chosen
     response's mean token NLL to each pair's loss (RPO, Pang et al., 2024; TRL's `rpo_alpha`): DPO can lower
     both log-probs as long as their margin grows, the NLL term keeps the chosen story likely.
     Stats use TRL's names and are sums over pairs; the loop turns them into means.
     """
     mask = batch["loss_mask"]
-    logps = (model_token_logps(model, batch["input_ids"], batch["targets"], mask) * mask).sum(dim=1)
-    policy_chosen, policy_rejected = logps.chunk(2)
-    chosen_nll = -policy_chosen / batch["n_tokens"][:, 0]
+    token = model_token_logps(model, batch["input_ids"], batch["targets"], mask)
+    pref_mask = batch.get("pref_mask", mask)  # without the tokens that copy a spec value, when they are skipped
+    policy_chosen, policy_rejected = (token * pref_mask).sum(dim=1).chunk(2)
+    chosen_nll = -(token * mask).sum(dim=1).chunk(2)[0] / batch["n_tokens"][:, 0]
     ref_chosen, ref_rejected = batch["ref_chosen"], batch["ref_rejected"]
     if loss_type == "ipo":  # per-token averages (see dpo_loss)
         n_chosen, n_rejected = batch["n_tokens"].unbind(1)

@@ -64,6 +64,8 @@ class Encoded:
     ids: list[int]
     loss_start: int
     truncated: bool  # prompt cut from the left to fit max_len
+    skip: tuple[int, ...] = ()  # response positions (0 = first response id) DPO's log-ratios leave out
+
 
     @property
     def n_loss_tokens(self) -> int:
@@ -101,6 +103,55 @@ def encode_sft(tok: Tokenizer, prompt: str, response: str, max_len: int, truncat
 def encode_prompt(tok: Tokenizer, prompt: str) -> list[int]:
     """The ids a model is given to continue at generation time: exactly the prompt part of `encode_sft`."""
     return tok.encode(prompt)
+
+
+# ----------------------------------------------------------------------------------------------- copied values
+_WORD_RE = re.compile(r"[A-Za-z0-9]+")  # "Kofi's" copies "Kofi"
+COPIED_FIELDS = ("setting", "protagonist", "supporting", "object", "taboo", "twist")  # the title is not told
+
+
+def copied_value_spans(response: str, spec: Spec) -> list[tuple[int, int]]:
+    """Character spans of `response` that copy a spec value: a run of its words from the value's first word on,
+    case-insensitive, at least two words long (or the whole value when it is one word). A copy cut short
+    (the value's first words only) counts as far as it goes; the punctuation after a copy is outside its span.
+    """
+    words = [(m.group().lower(), m.start(), m.end()) for m in _WORD_RE.finditer(response)]
+    spans = []
+    for field in COPIED_FIELDS:
+        value = [w.lower() for w in _WORD_RE.findall(getattr(spec, field))]
+        if not value:
+            continue
+        shortest = min(2, len(value))
+        for i, (word, start, _) in enumerate(words):
+            if word != value[0]:
+                continue
+            n = 1
+            while n < len(value) and i + n < len(words) and words[i + n][0] == value[n]:
+                n += 1
+            if n >= shortest:
+                spans.append((start, words[i + n - 1][2]))
+    return sorted(spans)
+
+
+def token_positions(tok: Tokenizer, ids: list[int], text: str, spans: list[tuple[int, int]]) -> tuple[int, ...]:
+    """Positions of the tokens of `ids` (which encode `text`) whose bytes overlap any character span of `text`."""
+    if not spans:
+        return ()
+    byte_spans = [(len(text[:s].encode()), len(text[:e].encode())) for s, e in spans]
+    out, at = [], 0
+    for j, token in enumerate(ids):
+        end = at + len(tok.enc.decode_single_token_bytes(token))
+        if any(s < end and at < e for s, e in byte_spans):
+            out.append(j)
+        at = end
+    return tuple(out)
+
+
+def with_copies_skipped(tok: Tokenizer, encoded: Encoded, response: str, spec: Spec) -> Encoded:
+    """`encoded` with `skip` set to the response tokens that copy a value of `spec` (`copied_value_spans`)."""
+    response_ids = encoded.ids[encoded.loss_start : -1]  # the response, without its EOS
+    skip = token_positions(tok, response_ids, response, copied_value_spans(response, spec))
+    return Encoded(encoded.ids, encoded.loss_start, encoded.truncated, skip)
 
 
 # ----------------------------------------------------------------------------------------------- lengths

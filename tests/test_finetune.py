@@ -92,9 +92,9 @@ def tiny_pairs(tok):
     return pairs
 
 
-def tiny_model(tok, seed=0):
+def tiny_model(tok, seed=0, max_seq_len=64):
     torch.manual_seed(seed)
-    return build_model(config("model", d_model=32, n_layer=2, n_head=2, max_seq_len=64), tok.vocab_size)
+    return build_model(config("model", d_model=32, n_layer=2, n_head=2, max_seq_len=max_seq_len), tok.vocab_size)
 
 
 def test_policy_equal_to_reference_gives_log2_and_zero_rewards(tok):
@@ -229,3 +229,72 @@ def test_ipo_uses_per_token_average_log_probs(tok):
     assert loss_sum.item() == pytest.approx(want.item(), rel=1e-5)
     summed = dpo_loss(logps[:3], logps[3:], rc * n[:, 0], rr * n[:, 1], 0.5, loss_type="ipo")[0].sum()
     assert abs(loss_sum.item() - summed.item()) > 1e-3  # not the summed-log-prob IPO
+
+
+# ----------------------------------------------------------------------------------------------- skip_copies
+SPEC_PROMPT = ("Title: The Cold Door\nSetting: an old barn\nProtagonist: Mina\nSupporting character: Kai\n"
+               "Important object: a brass key\nTaboo rule: never open the red door\n"
+               "Twist: the house was only inside her\n\nStory:\n")
+
+
+def test_copied_value_spans_cover_copies_and_copies_cut_short():
+    from pico.prompt import copied_value_spans, parse_prompt
+
+    spec = parse_prompt(SPEC_PROMPT)
+    story = ("Mina's brass key sat in an old barn. \"Never open the red door,\" Kai said. Mina knew: the house was "
+             "only. A brass bell rang.")
+    copies = [story[s:e] for s, e in copied_value_spans(story, spec)]
+    # names whole (possessive left out); "brass key" without the value's first word is not a copy; the taboo
+    # without its quote and comma; the twist as far as it was copied; two words count as a copy cut short, even
+    # when another noun follows ("A brass bell")
+    assert copies == ["Mina", "an old barn", "Never open the red door", "Kai", "Mina", "the house was only",
+                      "A brass"]
+
+
+def test_skipped_tokens_are_exactly_the_copies(tok):
+    from pico.prompt import Encoded, copied_value_spans, parse_prompt, with_copies_skipped
+
+    spec = parse_prompt(SPEC_PROMPT)
+    story = "Kai whispered: never open the red door. The night was cold, and Mina hid."
+    prompt_ids = tok.encode(SPEC_PROMPT)
+    enc = with_copies_skipped(tok, Encoded(prompt_ids + tok.encode(story) + [tok.eot_id], len(prompt_ids), False),
+                              story, spec)
+    ids = enc.ids[enc.loss_start:-1]
+    skipped = "".join(tok.decode([ids[j]]) for j in enc.skip)
+    assert skipped.split() == "Kai never open the red door Mina".split()
+    assert enc.skip == tuple(sorted(enc.skip)) and len(copied_value_spans(story, spec)) == 3
+
+
+def test_pref_mask_leaves_out_skipped_positions_and_only_them(tok):
+    rows = [{"prompt": SPEC_PROMPT, "chosen": "Mina kept a brass key. Kai never came back.",
+             "rejected": "The night was cold and long."}]
+    plain, _ = encode_dpo_rows(tok, rows, 256, "left")
+    skipped, _ = encode_dpo_rows(tok, rows, 256, "left", skip_copies=True)
+    assert "pref_mask" not in dpo_batch(plain) and skipped[0].rejected.skip == ()
+    batch = dpo_batch(skipped)
+    chosen = skipped[0].chosen
+    left_out = (batch["loss_mask"] - batch["pref_mask"])[0]
+    assert left_out.min() == 0 and int(left_out.sum()) == len(chosen.skip) > 0
+    assert left_out.nonzero().flatten().tolist() == [chosen.loss_start - 1 + j for j in chosen.skip]
+    assert torch.equal(batch["pref_mask"][1], batch["loss_mask"][1])  # the rejected row copies nothing
+
+
+def test_skipped_copies_leave_the_log_ratios_but_not_the_rpo_nll(tok):
+    from pico.losses import model_token_logps
+
+    rows = [{"prompt": SPEC_PROMPT, "chosen": "Mina kept a brass key. Kai never came back to an old barn.",
+             "rejected": "Mina hid. The night was cold and long, and never open the red door."}]
+    pairs, _ = encode_dpo_rows(tok, rows, 256, "left", skip_copies=True)
+    model = tiny_model(tok, seed=3, max_seq_len=256).eval()
+    ref_model = tiny_model(tok, seed=4, max_seq_len=256).eval()
+    pairs = with_reference(pairs, pair_logps(ref_model, pairs, 2, torch.device("cpu")))
+    batch = dpo_batch(pairs)
+    token = model_token_logps(model, batch["input_ids"], batch["targets"], batch["loss_mask"]).detach()
+    ref_token = model_token_logps(ref_model, batch["input_ids"], batch["targets"], batch["loss_mask"]).detach()
+    assert pairs[0].ref_chosen == pytest.approx((ref_token * batch["pref_mask"])[0].sum().item(), abs=1e-4)
+    _, stats = dpo_batch_loss(model, batch, beta=0.1, rpo_alpha=1.0)
+    assert stats["logps/chosen"].item() == pytest.approx((token * batch["pref_mask"])[0].sum().item(), abs=1e-4)
+    assert stats["logps/rejected"].item() == pytest.approx((token * batch["pref_mask"])[1].sum().item(), abs=1e-4)
+    full_nll = -(token * batch["loss_mask"])[0].sum().item() / pairs[0].n_tokens[0]
+    assert stats["nll/chosen"].item() == pytest.approx(full_nll, rel=1e-5)
+    assert (batch["pref_mask"] < batch["loss_mask"]).any(dim=1).tolist() == [True, True]
