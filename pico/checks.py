@@ -19,7 +19,9 @@ The checks, in `CHECKS` order:
   (`pico.fluency`, fitted only on TinyStories) of the story and of each paragraph is above word salad's, and
   no paragraph has words in the wrong case for their place, as shuffled words do, and at most one lower-case
   word is not an English word (`wordfreq` has never seen it, and the spec does not hold it): broken spellings
-  and fused fragments ('fliunnel', 'caretakeras') that a reader rejects and a class-bigram model cannot see.
+  and fused fragments ('fliunnel', 'caretakeras') that a reader rejects and a class-bigram model cannot see;
+  and no word of the spec copied in pieces: a value's word cut short or run on where the story copies it ('a red
+  umbre', 'the iron bellas'), or a rare capitalized piece of a character's name ('Profess', 'Ms. Lindq').
 - coherent_order: the sentences come in the order of a telling: the first one does not continue something or
   refer ahead, no pronoun before any character is named, protagonist and setting appear in the first
   paragraph, the object is introduced before it is referred back to, the taboo comes before the twist and the
@@ -468,6 +470,52 @@ def non_words(text: str, spec: Spec) -> list[str]:
     return found
 
 
+_LETTERS_RE = re.compile(r"[A-Za-z]+")  # words as they are cased, apostrophes splitting them
+BROKEN_FIELDS = ("setting", "protagonist", "supporting", "object", "taboo", "twist")  # values a story copies
+INFLECTIONS = frozenset({"s", "es", "ed", "d", "ing", "er", "ers", "ly"})  # what a value's word may grow by
+MIN_CUT_LETTERS = 3  # "a red umb" for "a red umbrella"; shorter pieces are too often words of their own
+MIN_VALUE_LETTERS = 4  # value words shorter than this ("a", "the", "Mr") grow into other words ("an", "they")
+# A word of the story this rare (wordfreq's zipf) that is a value's word cut short or run on is a piece of it: "umbre",
+# "bellas", "Profess" for "Professor"; commoner ones are words of their own ("draw" for "drawn" is missed).
+RARE_ZIPF = 3.0
+
+
+def broken_copies(text: str, spec: Spec) -> list[str]:
+    """Words of `text` that are a spec value's word cut short or run on where the story copies the value ("a red
+    umbre" for "a red umbrella", "the iron bellas" for "an iron bell", "Ms. Lindq" for "Ms. Lindqvist"), and
+    capitalized pieces of a character's name ("Profess warned" for "Professor Quill"): as 'piece (word)'."""
+    from wordfreq import zipf_frequency
+
+    toks = _LETTERS_RE.findall(text)
+    low = [t.lower() for t in toks]
+    spec_words = {w.lower() for value in spec.to_dict().values() for w in _LETTERS_RE.findall(value)}
+    found = []
+    for field in BROKEN_FIELDS:
+        value = [w.lower() for w in _LETTERS_RE.findall(getattr(spec, field))]
+        follows = {}  # value word -> the words that follow it in the value
+        for a, b in zip(value, value[1:]):
+            follows.setdefault(a, set()).add(b)
+        for prev, word in zip(low, low[1:]):
+            for want in follows.get(prev, ()):
+                if word in spec_words or len(want) < MIN_VALUE_LETTERS or zipf_frequency(word, "en") >= RARE_ZIPF:
+                    continue  # a word of the spec, or English, after a value's word is the telling's choice
+                cut = want.startswith(word) and len(word) >= MIN_CUT_LETTERS and want[len(word):] not in INFLECTIONS
+                rest = word[len(want):]
+                compound = len(rest) >= MIN_VALUE_LETTERS and zipf_frequency(rest, "en") >= RARE_ZIPF
+                run_on = word.startswith(want) and rest not in INFLECTIONS and not compound  # "housemistress"
+                if cut or run_on:
+                    found.append(f"{word} ({want})")
+    names = {w for f in ("protagonist", "supporting") for w in _LETTERS_RE.findall(getattr(spec, f)) if w[0].isupper()}
+    for tok in toks:
+        if (tok.lower() in spec_words or not tok[0].isupper() or len(tok) < 2
+                or zipf_frequency(tok.lower(), "en") >= RARE_ZIPF):
+            continue
+        for name in names:
+            if name.startswith(tok) or (tok.startswith(name) and tok[len(name):] != "s"):
+                found.append(f"{tok} ({name})")
+    return list(dict.fromkeys(found))
+
+
 def fluency_problems(story: Story, spec: Spec) -> list[str]:
     from pico.fluency import case_anomalies, default_model
 
@@ -493,6 +541,9 @@ def fluency_problems(story: Story, spec: Spec) -> list[str]:
     bad = non_words(story.text, spec)
     if len(bad) > MAX_NON_WORDS:
         problems.append(f"{len(bad)} words that are not English: {', '.join(bad[:5])}")
+    broken = broken_copies(story.text, spec)
+    if broken:
+        problems.append(f"a word of the spec broken: {', '.join(broken[:5])}")
     return problems
 
 

@@ -136,6 +136,8 @@ class OnPolicyConfig(Section):
     rejected: Literal["first", "values_first"] = knob(
         "the first sample the checker fails, or (values_first) the first that fails the taboo, twist or object "
         "check when one does")
+    cut_pairs: float = knob("share of rebuilt rows that also get a pair whose rejected is their chosen story with a "
+                            "value cut short (`pico.generate.value_cut_story`)", "[0, 1]")
     temperature: float = knob("sampling temperature", "(0, 100]")
     top_p: float = knob("nucleus mass (1 = off)", "(0, 1]")
     max_new_tokens: int = knob("story length cap in tokens", "(0, inf)")
@@ -143,8 +145,8 @@ class OnPolicyConfig(Section):
     batch_size: int = knob("stories decoded at once (finished ones leave the batch)", "[1, 4096]")
 
     def sampling_settings(self) -> dict:
-        """What decides the stories sampled: every knob but `chosen` and `rejected`, which only pick among them."""
-        return {k: v for k, v in asdict(self).items() if k not in ("chosen", "rejected")}
+        """What decides the stories sampled: every knob but those that only pick among them or add pairs to them."""
+        return {k: v for k, v in asdict(self).items() if k not in ("chosen", "rejected", "cut_pairs")}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -224,6 +224,38 @@ def stuttered(story: str, value: str, n_words: int) -> str | None:
     return None
 
 
+VALUE_CHECK = {"object": "object_used", "taboo": "taboo_present", "twist": "twist_present"}  # WORD_FIELDS' checks
+
+
+def cut_short(story: str, value: str, n_words: int) -> str | None:
+    """`story` with the last `n_words` words of `value` dropped where the story first quotes it ("the storm outside
+    is only inside." for "... only inside the house"), the way DPO models fail at a copied value's end; None where
+    it is not quoted or fewer than two of its words would be left."""
+    words = value.split()
+    if len(words) - n_words < 2:
+        return None
+    for form in sorted(_value_forms(value), key=len, reverse=True):
+        at = story.find(form)
+        if at >= 0:
+            kept = " ".join(form.split()[:-n_words])
+            return story[:at] + kept + story[at + len(form):]
+    return None
+
+
+def value_cut_story(story: str, spec: Spec, rng: random.Random) -> str | None:
+    """`story` (which passes every check) with one of its taboo, twist or object (in a random order) cut 1-3
+    words short, such that the checker fails exactly that value's check; None where no cut does."""
+    fields = list(WORD_FIELDS)
+    rng.shuffle(fields)
+    n_words = rng.randint(1, 3)
+    for f in fields:
+        for n in dict.fromkeys((n_words, 1)):
+            cut = cut_short(story, getattr(spec, f), n)
+            if cut is not None and failed_checks(check_story(cut, spec)) == [VALUE_CHECK[f]]:
+                return cut
+    return None
+
+
 def with_stutter_rejected(row: dict, rng: random.Random) -> dict:
     """The pair with its rejected story replaced by the chosen one with a value's tail stuttered (kind
     `value_stutter`): the two differ only where the copy head must stop, so DPO's gradient lands there. Taboo,

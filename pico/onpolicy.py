@@ -24,6 +24,7 @@ from pico.checks import check_story, failed_checks
 from pico.config import DPOConfig, OnPolicyConfig
 from pico.device import resolve_device, resolve_precision
 from pico.errors import DataError
+from pico.generate import value_cut_story
 from pico.prompt import encode_prompt
 from pico.sampling import SamplingConfig, sample
 from pico.spec import Spec
@@ -100,7 +101,9 @@ def onpolicy_rows(model: nn.Module, tok: Tokenizer, rows: list[dict], split: str
     """(the rows with their picked pairs rebuilt on-policy, one record per sample, counts). `earlier`: the
     records of a run with the same SFT model, rows and sampling settings, whose stories are reused (and judged
     again, by this checker). With `chosen: self_only` a picked row left without both a passing and a failing
-    sample is dropped: a template story against the model's own teaches style, not the task (RESEARCH.md 34c)."""
+    sample is dropped: a template story against the model's own teaches style, not the task (RESEARCH.md 34c).
+    With `cut_pairs`, a share of the kept rows also get a second pair, appended after the rows: their chosen story
+    against itself with a value cut short (`value_cut_story`), so DPO's gradient lands where a copy must go on."""
     picked = picked_rows(len(rows), cfg.share, seed, split)
     texts = earlier_texts(list(earlier), split, picked, cfg.samples)
     if texts is not None:
@@ -123,7 +126,18 @@ def onpolicy_rows(model: nn.Module, tok: Tokenizer, rows: list[dict], split: str
             failures.update(pair["rejected_failed"])
         records += [{"split": split, "row": i, "sample": k, "response": s["text"], "failed": s["failed"],
                      "passed_all": not s["failed"]} for k, s in enumerate(stories)]
+    rows_now = list(out)
     out = [row for i, row in enumerate(out) if i not in dropped]
+    for i in picked if cfg.cut_pairs > 0 else []:
+        rng = random.Random(f"{seed}/onpolicy/{split}/{i}/cut")
+        if i in dropped or rng.random() >= cfg.cut_pairs:
+            continue
+        spec = Spec.from_dict(rows_now[i]["spec"])
+        cut = value_cut_story(rows_now[i]["chosen"], spec, rng)
+        if cut is not None:
+            out.append({**rows_now[i], "rejected": cut, "pair_kind": "value_cut",
+                        "rejected_failed": failed_checks(check_story(cut, spec))})
+            kinds["value_cut"] += 1
     if not out:
         raise DataError(f"dpo.onpolicy.chosen: self_only left no {split} pair: no {split} prompt had both a story "
                         f"the checker passes and one it fails in {cfg.samples} samples; raise dpo.onpolicy.samples "

@@ -218,6 +218,26 @@ def test_broken_spellings_are_not_fluent():
     assert "fluent" not in failed(invented.replace("did not move", "did not glimmerwick"), spec)
 
 
+def test_a_value_or_name_copied_in_pieces_is_not_fluent():
+    # what the models write when a copy stops or runs on mid-word: one such word is enough for a reader to reject
+    spec = Spec(**{**SPEC.to_dict(), "object": "a red umbrella", "supporting": "Professor Quill"})
+    good = GOOD.replace("a pocket watch", "a red umbrella").replace("the pocket watch", "the red umbrella").replace(
+        "Agnes", "Professor Quill")
+    assert failed(good, spec) == []
+    cut = good.replace("held the red umbrella", "held the red umbre")
+    assert failed(cut, spec) == ["fluent"]
+    assert "a word of the spec broken: umbre (umbrella)" in explain_story(cut, spec)["fluent"]
+    assert failed(good.replace("the red umbrella and", "the red umbrellas and"), spec) == []  # a plural grows it
+    assert failed(good.replace("the red umbrella and", "the red umbrellaqua and"), spec) == ["fluent"]
+    assert failed(good.replace("Professor Quill gave", "Profess gave"), spec) == ["fluent"]  # a name cut short
+    assert "a word of the spec broken: Minaside (Mina)" in explain_story(good.replace("Mina held", "Minaside held"),
+                                                                          spec)["fluent"]
+    # English words after a value's words are the telling's own: "the sound" (twist) then "the soundproof room"
+    assert failed(good.replace("Mina held", "In the soundproof room Mina held"), spec) == []
+    house = Spec(**{**spec.to_dict(), "twist": "the house is breathing"})
+    assert "fluent" not in failed(good.replace("Mina held", "In the housekeeper's room Mina held"), house)
+
+
 def test_a_restated_spec_is_not_a_story():
     fields = build_prompt(SPEC).split("\n\n")[1]
     assert "not_restated" in failed(fields + "\n\n" + GOOD)

@@ -560,6 +560,24 @@ def test_stutter_rejected_is_the_chosen_story_with_a_value_tail_said_twice_and_f
         assert 0 < extra < 40 and out["rejected"].replace(" ", "") != out["chosen"].replace(" ", "")
 
 
+def test_a_value_cut_short_fails_exactly_its_own_check():
+    from pico.generate import cut_short, value_cut_story
+
+    assert cut_short("It knew: the storm outside is only inside the house. Then", "the storm outside is only inside "
+                     "the house", 2) == "It knew: the storm outside is only inside. Then"
+    assert cut_short("Never whistle after sunset, she said.", "never whistle after sunset", 1) == \
+        "Never whistle after, she said."  # the quote as the story capitalised it
+    assert cut_short("never go out", "never go out", 2) is None  # one word left is not a copy of the value
+    assert cut_short("No rule here.", "never whistle after sunset", 1) is None
+    spec = Spec("The Quiet Floor", "a museum after closing time", "Mina", "Captain Rooke", "a brass key",
+                "never whistle after sunset", "the snow is falling upward")
+    for seed in range(6):
+        row = template_row("dpo", spec, random.Random(seed), "easy")
+        cut = value_cut_story(row["chosen"], spec, random.Random(seed))
+        assert cut is not None and len(cut) < len(row["chosen"])
+        assert failed_checks(check_story(cut, spec)) in (["taboo_present"], ["twist_present"], ["object_used"])
+
+
 def test_stutter_pairs_touch_train_and_valid_dpo_only_and_zero_changes_nothing():
     from pico.generate import PAIR_KIND_STUTTER
 

@@ -14,7 +14,7 @@ from pico.checkpoint import load_checkpoint
 from pico.checks import check_story, failed_checks
 from pico.errors import DataError
 from pico.generate import template_row
-from pico.onpolicy import earlier_texts, onpolicy_pair, onpolicy_pairs, onpolicy_rows, picked_rows
+from pico.onpolicy import VALUE_CHECKS, earlier_texts, onpolicy_pair, onpolicy_pairs, onpolicy_rows, picked_rows
 from pico.spec import Spec, sample_specs
 
 
@@ -104,6 +104,28 @@ def test_self_only_drops_rows_without_a_pair_of_own_stories(sft_model, tok, monk
     verdicts.update({0: [["fluent"], ["fluent"]], 3: [[], []]})
     with pytest.raises(DataError, match="dpo.onpolicy.chosen: self_only left no train pair"):
         onpolicy_rows(sft_model.model, tok, rows, "train", cfg, 7, **kwargs)
+
+
+def test_cut_pairs_add_the_chosen_story_against_itself_with_a_value_cut_short(sft_model, tok):
+    rows = dpo_rows(8)
+    base = dataclasses.replace(config("dpo").onpolicy, share=1.0, samples=2, max_new_tokens=16, cut_pairs=0.0)
+    kwargs = dict(batch_size=8, device=torch.device("cpu"), dtype=torch.float32)
+    plain, records, counts = onpolicy_rows(sft_model.model, tok, rows, "train", base, 7, **kwargs)
+    assert "value_cut" not in counts["pairs"]
+    cut_cfg = dataclasses.replace(base, cut_pairs=1.0)
+    out, cut_records, cut_counts = onpolicy_rows(sft_model.model, tok, rows, "train", cut_cfg, 7, **kwargs)
+    assert out[: len(plain)] == plain and cut_records == records  # the same samples and pairs, then the cut ones
+    extra = out[len(plain):]
+    assert len(extra) == cut_counts["pairs"]["value_cut"] == len(rows)  # template stories quote every value whole
+    for pair, row in zip(extra, plain):
+        spec = Spec.from_dict(pair["spec"])
+        assert pair["pair_kind"] == "value_cut" and pair["chosen"] == row["chosen"] and pair["prompt"] == row["prompt"]
+        assert failed_checks(check_story(pair["rejected"], spec)) == pair["rejected_failed"]
+        assert len(pair["rejected_failed"]) == 1 and pair["rejected_failed"][0] in VALUE_CHECKS
+        assert len(pair["rejected"]) < len(pair["chosen"])
+    half = onpolicy_rows(sft_model.model, tok, rows, "train", dataclasses.replace(base, cut_pairs=0.5), 7, **kwargs)
+    assert 0 < half[2]["pairs"]["value_cut"] < len(rows) and half[0][len(plain):] == [
+        p for p in extra if p in half[0]]  # a row's draw is its own
 
 
 def test_onpolicy_pairs_at_share_zero_samples_nothing(sft_model, tok):
