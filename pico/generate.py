@@ -242,18 +242,54 @@ def cut_short(story: str, value: str, n_words: int) -> str | None:
     return None
 
 
-def value_cut_story(story: str, spec: Spec, rng: random.Random) -> str | None:
-    """`story` (which passes every check) with one of its taboo, twist or object (in a random order) cut 1-3
-    words short, such that the checker fails exactly that value's check; None where no cut does."""
-    fields = list(WORD_FIELDS)
-    rng.shuffle(fields)
-    n_words = rng.randint(1, 3)
-    for f in fields:
-        for n in dict.fromkeys((n_words, 1)):
-            cut = cut_short(story, getattr(spec, f), n)
-            if cut is not None and failed_checks(check_story(cut, spec)) == [VALUE_CHECK[f]]:
-                return cut
+def broken_word(story: str, value: str, rng: random.Random) -> str | None:
+    """`story` with one word of `value` (5 letters or more) broken off after 3 letters or more where the story
+    first quotes the value ("a red umbre" for "a red umbrella", "Profess" for "Professor Quill"), the way small
+    models stop a copy mid-word; None where the value has no such word or is not quoted."""
+    long_words = [i for i, w in enumerate(value.split()) if w.isalpha() and len(w) >= 5]
+    if not long_words:
+        return None
+    for form in sorted(_value_forms(value), key=len, reverse=True):
+        at = story.find(form)
+        if at >= 0:
+            words = form.split()
+            i = rng.choice(long_words)
+            words[i] = words[i][: rng.randint(3, len(words[i]) - 2)]
+            return story[:at] + " ".join(words[: i + 1]) + story[at + len(form):]
     return None
+
+
+def value_cut_story(story: str, spec: Spec, rng: random.Random) -> str | None:
+    """`story` (which passes every check) with one value cut short, such that the checker fails exactly one
+    check; None where no cut does. Either (first choice by `rng`, half and half, then the other) one of its
+    taboo, twist or object (in a random order) loses 1-3 words, failing that value's check; or a word of a
+    copied field or name is broken mid-word, failing `fluent` (`broken_word`; a break that leaves an English
+    word, "a bra" for "a brass key", fails nothing and is drawn again)."""
+    def words_cut() -> str | None:
+        fields = list(WORD_FIELDS)
+        rng.shuffle(fields)
+        n_words = rng.randint(1, 3)
+        for f in fields:
+            for n in dict.fromkeys((n_words, 1)):
+                cut = cut_short(story, getattr(spec, f), n)
+                if cut is not None and failed_checks(check_story(cut, spec)) == [VALUE_CHECK[f]]:
+                    return cut
+        return None
+
+    def word_broken() -> str | None:
+        fields = ["setting", "protagonist", "supporting", *WORD_FIELDS]
+        rng.shuffle(fields)
+        for f in fields:
+            for _ in range(3):
+                cut = broken_word(story, getattr(spec, f), rng)
+                if cut is None:
+                    break
+                if failed_checks(check_story(cut, spec)) == ["fluent"]:
+                    return cut
+        return None
+
+    kinds = [words_cut, word_broken] if rng.random() < 0.5 else [word_broken, words_cut]
+    return next((cut for kind in kinds if (cut := kind()) is not None), None)
 
 
 def with_stutter_rejected(row: dict, rng: random.Random) -> dict:

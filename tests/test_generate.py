@@ -561,7 +561,7 @@ def test_stutter_rejected_is_the_chosen_story_with_a_value_tail_said_twice_and_f
 
 
 def test_a_value_cut_short_fails_exactly_its_own_check():
-    from pico.generate import cut_short, value_cut_story
+    from pico.generate import broken_word, cut_short, value_cut_story
 
     assert cut_short("It knew: the storm outside is only inside the house. Then", "the storm outside is only inside "
                      "the house", 2) == "It knew: the storm outside is only inside. Then"
@@ -571,11 +571,18 @@ def test_a_value_cut_short_fails_exactly_its_own_check():
     assert cut_short("No rule here.", "never whistle after sunset", 1) is None
     spec = Spec("The Quiet Floor", "a museum after closing time", "Mina", "Captain Rooke", "a brass key",
                 "never whistle after sunset", "the snow is falling upward")
-    for seed in range(6):
+    kinds = set()
+    for seed in range(12):
         row = template_row("dpo", spec, random.Random(seed), "easy")
         cut = value_cut_story(row["chosen"], spec, random.Random(seed))
         assert cut is not None and len(cut) < len(row["chosen"])
-        assert failed_checks(check_story(cut, spec)) in (["taboo_present"], ["twist_present"], ["object_used"])
+        kinds.update(failed := failed_checks(check_story(cut, spec)))
+        assert failed in (["taboo_present"], ["twist_present"], ["object_used"], ["fluent"])
+    assert "fluent" in kinds and kinds & {"taboo_present", "twist_present", "object_used"}  # both kinds of cut
+    assert broken_word("It was a red umbrella, wet.", "a red umbrella", random.Random(0)) in (
+        f"It was a red {'umbrella'[:k]}, wet." for k in range(3, 7))
+    assert broken_word("Hi.", "a red umbrella", random.Random(0)) is None
+    assert broken_word("A cat sat.", "a cat", random.Random(0)) is None  # no word of 5 letters to break
 
 
 def test_stutter_pairs_touch_train_and_valid_dpo_only_and_zero_changes_nothing():
