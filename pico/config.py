@@ -137,7 +137,8 @@ class OnPolicyConfig(Section):
         "the first sample the checker fails, or (values_first) the first that fails the taboo, twist or object "
         "check when one does")
     cut_pairs: float = knob("share of rebuilt rows that also get a pair whose rejected is their chosen story with a "
-                            "value cut short or a copied word broken (`pico.generate.value_cut_story`)", "[0, 1]")
+                            "copied value broken: cut short, a word broken, or its tail said twice "
+                            "(`pico.pairs.value_cut_story`)", "[0, 1]")
     temperature: float = knob("sampling temperature", "(0, 100]")
     top_p: float = knob("nucleus mass (1 = off)", "(0, 1]")
     max_new_tokens: int = knob("story length cap in tokens", "(0, inf)")

@@ -16,6 +16,7 @@ from typing import Callable, Iterator, TypeVar
 
 from pico.checks import check_story, failed_checks
 from pico.config import SFT_SPLITS, SPLITS, UNSEEN, GenerateConfig
+from pico.pairs import WORD_FIELDS, stuttered, value_forms
 from pico.prompt import build_prompt
 from pico.fluency import FUNCTION_WORDS
 from pico.spec import Spec, Values, compose_name, compose_word, is_curated, sample_specs, split_values, with_phrases
@@ -23,9 +24,7 @@ from pico.stories import (
     BROKEN_CHECK,
     PAIR_KIND_EASY,
     PAIR_KINDS_HARD,
-    cap,
     horror_story,
-    the,
     wholesome_story,
 )
 from pico.teacher import TeacherClient
@@ -142,7 +141,6 @@ def fresh_names_rng(seed: int, dataset: str, split: str, index: int) -> random.R
 
 
 # ----------------------------------------------------------------------------------------------- made-up words
-WORD_FIELDS = ("object", "taboo", "twist")  # the fields a story quotes whole, whose ends the model must find
 _LAST_WORD = re.compile(r"^(.*?)(\b(an?) )?([a-z]+)$")
 
 
@@ -154,11 +152,6 @@ def fresh_value(value: str, word: str) -> str | None:
     if not m or m.group(4) in FUNCTION_WORDS or m.group(3) == "an":
         return None
     return value[: m.start(4)] + word
-
-
-def _value_forms(value: str) -> list[str]:
-    """How a story may quote a value: as is, capitalised, and with "the" for its article ("the brass key")."""
-    return list(dict.fromkeys([value, cap(value), the(value), cap(the(value))]))
 
 
 def with_fresh_words(row: dict, rng: random.Random, share: float) -> dict:
@@ -180,7 +173,7 @@ def with_fresh_words(row: dict, rng: random.Random, share: float) -> dict:
         if new_value is None:
             continue
         old_word = spec[f].rsplit(" ", 1)[-1]
-        forms = dict(zip(_value_forms(spec[f]), _value_forms(new_value)))
+        forms = dict(zip(value_forms(spec[f]), value_forms(new_value)))
         quoted = re.compile("|".join(re.escape(v) for v in sorted(forms, key=len, reverse=True)))
         alone = re.compile(rf"\b{re.escape(old_word)}\b", re.IGNORECASE)
         texts = [row[k] for k in TEXT_KEYS if k in row]
@@ -208,88 +201,6 @@ def fresh_words_rng(seed: int, dataset: str, split: str, index: int) -> random.R
 
 # ----------------------------------------------------------------------------------------------- stutter pairs
 PAIR_KIND_STUTTER = "value_stutter"
-
-
-def stuttered(story: str, value: str, n_words: int) -> str | None:
-    """`story` with the last `n_words` words of `value` said twice where the story first quotes it ("never whistle
-    after sunset after sunset"), the way small models fail at a copied value's end; None where it is not quoted."""
-    words = value.split()
-    if len(words) < n_words:
-        return None
-    for form in sorted(_value_forms(value), key=len, reverse=True):
-        at = story.find(form)
-        if at >= 0:
-            end = at + len(form)
-            return story[:end] + " " + " ".join(form.split()[-n_words:]) + story[end:]
-    return None
-
-
-VALUE_CHECK = {"object": "object_used", "taboo": "taboo_present", "twist": "twist_present"}  # WORD_FIELDS' checks
-
-
-def cut_short(story: str, value: str, n_words: int) -> str | None:
-    """`story` with the last `n_words` words of `value` dropped where the story first quotes it ("the storm outside
-    is only inside." for "... only inside the house"), the way DPO models fail at a copied value's end; None where
-    it is not quoted or fewer than two of its words would be left."""
-    words = value.split()
-    if len(words) - n_words < 2:
-        return None
-    for form in sorted(_value_forms(value), key=len, reverse=True):
-        at = story.find(form)
-        if at >= 0:
-            kept = " ".join(form.split()[:-n_words])
-            return story[:at] + kept + story[at + len(form):]
-    return None
-
-
-def broken_word(story: str, value: str, rng: random.Random) -> str | None:
-    """`story` with one word of `value` (5 letters or more) broken off after 3 letters or more where the story
-    first quotes the value ("a red umbre" for "a red umbrella", "Profess" for "Professor Quill"), the way small
-    models stop a copy mid-word; None where the value has no such word or is not quoted."""
-    long_words = [i for i, w in enumerate(value.split()) if w.isalpha() and len(w) >= 5]
-    if not long_words:
-        return None
-    for form in sorted(_value_forms(value), key=len, reverse=True):
-        at = story.find(form)
-        if at >= 0:
-            words = form.split()
-            i = rng.choice(long_words)
-            words[i] = words[i][: rng.randint(3, len(words[i]) - 2)]
-            return story[:at] + " ".join(words[: i + 1]) + story[at + len(form):]
-    return None
-
-
-def value_cut_story(story: str, spec: Spec, rng: random.Random) -> str | None:
-    """`story` (which passes every check) with one value cut short, such that the checker fails exactly one
-    check; None where no cut does. Either (first choice by `rng`, half and half, then the other) one of its
-    taboo, twist or object (in a random order) loses 1-3 words, failing that value's check; or a word of a
-    copied field or name is broken mid-word, failing `fluent` (`broken_word`; a break that leaves an English
-    word, "a bra" for "a brass key", fails nothing and is drawn again)."""
-    def words_cut() -> str | None:
-        fields = list(WORD_FIELDS)
-        rng.shuffle(fields)
-        n_words = rng.randint(1, 3)
-        for f in fields:
-            for n in dict.fromkeys((n_words, 1)):
-                cut = cut_short(story, getattr(spec, f), n)
-                if cut is not None and failed_checks(check_story(cut, spec)) == [VALUE_CHECK[f]]:
-                    return cut
-        return None
-
-    def word_broken() -> str | None:
-        fields = ["setting", "protagonist", "supporting", *WORD_FIELDS]
-        rng.shuffle(fields)
-        for f in fields:
-            for _ in range(3):
-                cut = broken_word(story, getattr(spec, f), rng)
-                if cut is None:
-                    break
-                if failed_checks(check_story(cut, spec)) == ["fluent"]:
-                    return cut
-        return None
-
-    kinds = [words_cut, word_broken] if rng.random() < 0.5 else [word_broken, words_cut]
-    return next((cut for kind in kinds if (cut := kind()) is not None), None)
 
 
 def with_stutter_rejected(row: dict, rng: random.Random) -> dict:

@@ -24,7 +24,7 @@ from pico.checks import check_story, failed_checks
 from pico.config import DPOConfig, OnPolicyConfig
 from pico.device import resolve_device, resolve_precision
 from pico.errors import DataError
-from pico.generate import value_cut_story
+from pico.pairs import value_cut_story
 from pico.prompt import encode_prompt
 from pico.sampling import SamplingConfig, sample
 from pico.spec import Spec
@@ -103,7 +103,8 @@ def onpolicy_rows(model: nn.Module, tok: Tokenizer, rows: list[dict], split: str
     again, by this checker). With `chosen: self_only` a picked row left without both a passing and a failing
     sample is dropped: a template story against the model's own teaches style, not the task (RESEARCH.md 34c).
     With `cut_pairs`, a share of the kept rows also get a second pair, appended after the rows: their chosen story
-    against itself with a value cut short (`value_cut_story`), so DPO's gradient lands where a copy must go on."""
+    against itself with one copied value broken (`pico.pairs.value_cut_story`: cut short, broken mid-word or its
+    tail said twice), so DPO's gradient lands where a copy must go on or stop."""
     picked = picked_rows(len(rows), cfg.share, seed, split)
     texts = earlier_texts(list(earlier), split, picked, cfg.samples)
     if texts is not None:

@@ -544,7 +544,8 @@ def test_fresh_words_touch_train_and_valid_only_and_zero_changes_nothing():
 
 # ----------------------------------------------------------------------------------------------- stutter pairs
 def test_stutter_rejected_is_the_chosen_story_with_a_value_tail_said_twice_and_fails_only_no_repetition():
-    from pico.generate import PAIR_KIND_STUTTER, stuttered, with_stutter_rejected
+    from pico.generate import PAIR_KIND_STUTTER, with_stutter_rejected
+    from pico.pairs import stuttered
 
     assert stuttered("She said: never whistle after sunset. Then", "never whistle after sunset", 2) == \
         "She said: never whistle after sunset after sunset. Then"
@@ -560,8 +561,8 @@ def test_stutter_rejected_is_the_chosen_story_with_a_value_tail_said_twice_and_f
         assert 0 < extra < 40 and out["rejected"].replace(" ", "") != out["chosen"].replace(" ", "")
 
 
-def test_a_value_cut_short_fails_exactly_its_own_check():
-    from pico.generate import broken_word, cut_short, value_cut_story
+def test_a_value_broken_fails_exactly_its_own_check():
+    from pico.pairs import broken_word, cut_short, value_cut_story
 
     assert cut_short("It knew: the storm outside is only inside the house. Then", "the storm outside is only inside "
                      "the house", 2) == "It knew: the storm outside is only inside. Then"
@@ -575,10 +576,10 @@ def test_a_value_cut_short_fails_exactly_its_own_check():
     for seed in range(12):
         row = template_row("dpo", spec, random.Random(seed), "easy")
         cut = value_cut_story(row["chosen"], spec, random.Random(seed))
-        assert cut is not None and len(cut) < len(row["chosen"])
+        assert cut is not None and cut != row["chosen"]
         kinds.update(failed := failed_checks(check_story(cut, spec)))
-        assert failed in (["taboo_present"], ["twist_present"], ["object_used"], ["fluent"])
-    assert "fluent" in kinds and kinds & {"taboo_present", "twist_present", "object_used"}  # both kinds of cut
+        assert failed in (["taboo_present"], ["twist_present"], ["object_used"], ["fluent"], ["no_repetition"])
+    assert {"fluent", "no_repetition"} <= kinds and kinds & {"taboo_present", "twist_present", "object_used"}
     assert broken_word("It was a red umbrella, wet.", "a red umbrella", random.Random(0)) in (
         f"It was a red {'umbrella'[:k]}, wet." for k in range(3, 7))
     assert broken_word("Hi.", "a red umbrella", random.Random(0)) is None

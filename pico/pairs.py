@@ -1,0 +1,118 @@
+"""Rejected stories made from a chosen one by breaking one copied value, the ways small models break them: a value's
+tail said twice ("after sunset after sunset"), a value cut words short ("the storm outside is only inside."), a
+copied word broken off ("a red umbre"). A pair of the two differs only where the copy must go on or stop, so
+DPO's gradient lands there. Used by `generate` (`stutter_pairs`) and by the dpo stage (`dpo.onpolicy.cut_pairs`).
+"""
+
+from __future__ import annotations
+
+import random
+
+from pico.checks import check_story, failed_checks
+from pico.spec import Spec
+from pico.stories import cap, the
+
+WORD_FIELDS = ("object", "taboo", "twist")  # the fields a story quotes whole, whose ends the model must find
+VALUE_CHECK = {"object": "object_used", "taboo": "taboo_present", "twist": "twist_present"}  # WORD_FIELDS' checks
+CUT_KINDS = ("words_cut", "word_broken", "stutter")
+
+
+def value_forms(value: str) -> list[str]:
+    """How a story may quote a value: as is, capitalised, and with "the" for its article ("the brass key")."""
+    return list(dict.fromkeys([value, cap(value), the(value), cap(the(value))]))
+
+
+def stuttered(story: str, value: str, n_words: int) -> str | None:
+    """`story` with the last `n_words` words of `value` said twice where the story first quotes it ("never whistle
+    after sunset after sunset"), the way small models fail at a copied value's end; None where it is not quoted."""
+    words = value.split()
+    if len(words) < n_words:
+        return None
+    for form in sorted(value_forms(value), key=len, reverse=True):
+        at = story.find(form)
+        if at >= 0:
+            end = at + len(form)
+            return story[:end] + " " + " ".join(form.split()[-n_words:]) + story[end:]
+    return None
+
+
+VALUE_CHECK = {"object": "object_used", "taboo": "taboo_present", "twist": "twist_present"}  # WORD_FIELDS' checks
+
+
+def cut_short(story: str, value: str, n_words: int) -> str | None:
+    """`story` with the last `n_words` words of `value` dropped where the story first quotes it ("the storm outside
+    is only inside." for "... only inside the house"), the way DPO models fail at a copied value's end; None where
+    it is not quoted or fewer than two of its words would be left."""
+    words = value.split()
+    if len(words) - n_words < 2:
+        return None
+    for form in sorted(value_forms(value), key=len, reverse=True):
+        at = story.find(form)
+        if at >= 0:
+            kept = " ".join(form.split()[:-n_words])
+            return story[:at] + kept + story[at + len(form):]
+    return None
+
+
+def broken_word(story: str, value: str, rng: random.Random) -> str | None:
+    """`story` with one word of `value` (5 letters or more) broken off after 3 letters or more where the story
+    first quotes the value ("a red umbre" for "a red umbrella", "Profess" for "Professor Quill"), the way small
+    models stop a copy mid-word; None where the value has no such word or is not quoted."""
+    long_words = [i for i, w in enumerate(value.split()) if w.isalpha() and len(w) >= 5]
+    if not long_words:
+        return None
+    for form in sorted(value_forms(value), key=len, reverse=True):
+        at = story.find(form)
+        if at >= 0:
+            words = form.split()
+            i = rng.choice(long_words)
+            words[i] = words[i][: rng.randint(3, len(words[i]) - 2)]
+            return story[:at] + " ".join(words[: i + 1]) + story[at + len(form):]
+    return None
+
+
+def value_cut_story(story: str, spec: Spec, rng: random.Random) -> str | None:
+    """`story` (which passes every check) with one copied value broken, such that the checker fails exactly one
+    check; None where no break does. The kinds are tried in a random order (by `rng`), each until one works:
+    `words_cut`, one of its taboo, twist or object loses 1-3 words (that value's check fails); `word_broken`, a
+    word of a copied field or name is broken mid-word (`fluent` fails; a break that leaves an English word, "a
+    bra" for "a brass key", fails nothing and is drawn again); `stutter`, a taboo, twist or object's last 2-4
+    words are said twice (`no_repetition` fails). The first two are where a copy stopped too early, the last
+    where it went on too long: together they pin a copy's end from both sides."""
+    def words_cut() -> str | None:
+        fields = list(WORD_FIELDS)
+        rng.shuffle(fields)
+        n_words = rng.randint(1, 3)
+        for f in fields:
+            for n in dict.fromkeys((n_words, 1)):
+                cut = cut_short(story, getattr(spec, f), n)
+                if cut is not None and failed_checks(check_story(cut, spec)) == [VALUE_CHECK[f]]:
+                    return cut
+        return None
+
+    def word_broken() -> str | None:
+        fields = ["setting", "protagonist", "supporting", *WORD_FIELDS]
+        rng.shuffle(fields)
+        for f in fields:
+            for _ in range(3):
+                cut = broken_word(story, getattr(spec, f), rng)
+                if cut is None:
+                    break
+                if failed_checks(check_story(cut, spec)) == ["fluent"]:
+                    return cut
+        return None
+
+    def stutter() -> str | None:
+        fields = list(WORD_FIELDS)
+        rng.shuffle(fields)
+        n_words = rng.randint(2, 4)
+        for f in fields:
+            for n in dict.fromkeys((n_words, 2)):
+                out = stuttered(story, getattr(spec, f), n)
+                if out is not None and failed_checks(check_story(out, spec)) == ["no_repetition"]:
+                    return out
+        return None
+
+    kinds = [words_cut, word_broken, stutter]
+    rng.shuffle(kinds)
+    return next((out for kind in kinds if (out := kind()) is not None), None)
