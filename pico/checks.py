@@ -21,7 +21,8 @@ The checks, in `CHECKS` order:
   word is not an English word (`wordfreq` has never seen it, and the spec does not hold it): broken spellings
   and fused fragments ('fliunnel', 'caretakeras') that a reader rejects and a class-bigram model cannot see;
   and no word of the spec copied in pieces: a value's word cut short or run on where the story copies it ('a red
-  umbre', 'the iron bellas'), or a rare capitalized piece of a character's name ('Profess', 'Ms. Lindq').
+  umbre', 'the iron bellas'), or a rare capitalized piece of a character's name ('Profess', 'Ms. Lindq'); and
+  no line broken off mid-sentence (a line break with no closing punctuation before it).
 - coherent_order: the sentences come in the order of a telling: the first one does not continue something or
   refer ahead, no pronoun before any character is named, protagonist and setting appear in the first
   paragraph, the object is introduced before it is referred back to, the taboo comes before the twist and the
@@ -516,6 +517,16 @@ def broken_copies(text: str, spec: Spec) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+_LINE_END_RE = re.compile(r"[.!?\"')\u201d\u2019\u2026:;]$")
+
+
+def broken_off_lines(text: str) -> list[str]:
+    """Lines of `text` that stop mid-sentence (no closing punctuation before the line break), as models write
+    when a copy runs into the prompt's newline ("...never leave a chair facing the window\nThe building ...").
+    None of the template stories, the checker's reference fixtures or 501 TinyStories validation stories has one."""
+    return [line.strip() for line in text.split("\n") if line.strip() and not _LINE_END_RE.search(line.strip())]
+
+
 def fluency_problems(story: Story, spec: Spec) -> list[str]:
     from pico.fluency import case_anomalies, default_model
 
@@ -541,6 +552,8 @@ def fluency_problems(story: Story, spec: Spec) -> list[str]:
     bad = non_words(story.text, spec)
     if len(bad) > MAX_NON_WORDS:
         problems.append(f"{len(bad)} words that are not English: {', '.join(bad[:5])}")
+    for line in broken_off_lines(story.text)[:1]:
+        problems.append(f"a line broken off mid-sentence: '...{' '.join(line.split()[-5:])}'")
     broken = broken_copies(story.text, spec)
     if broken:
         problems.append(f"a word of the spec broken: {', '.join(broken[:5])}")

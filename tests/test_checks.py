@@ -238,6 +238,14 @@ def test_a_value_or_name_copied_in_pieces_is_not_fluent():
     assert "fluent" not in failed(good.replace("Mina held", "In the housekeeper's room Mina held"), house)
 
 
+def test_a_line_broken_off_mid_sentence_is_not_fluent():
+    broken = GOOD.replace("Mina held the pocket watch and did not move.", "Mina held the pocket watch\nShe did not move.")
+    assert failed(broken) == ["fluent"]
+    assert "a line broken off mid-sentence: '...Mina held the pocket watch'" in explain_story(broken, SPEC)["fluent"]
+    for ending in ('move!"', "move?", "move:", "move\u2019", "move.\u201d"):  # closing punctuation, quotes included
+        assert "fluent" not in failed(GOOD.replace("did not move.", f"did not {ending}\n")), ending
+
+
 def test_a_restated_spec_is_not_a_story():
     fields = build_prompt(SPEC).split("\n\n")[1]
     assert "not_restated" in failed(fields + "\n\n" + GOOD)
