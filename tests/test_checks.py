@@ -239,7 +239,8 @@ def test_a_value_or_name_copied_in_pieces_is_not_fluent():
 
 
 def test_a_line_broken_off_mid_sentence_is_not_fluent():
-    broken = GOOD.replace("Mina held the pocket watch and did not move.", "Mina held the pocket watch\nShe did not move.")
+    broken = GOOD.replace("Mina held the pocket watch and did not move.",
+                          "Mina held the pocket watch\nShe did not move.")
     assert failed(broken) == ["fluent"]
     assert "a line broken off mid-sentence: '...Mina held the pocket watch'" in explain_story(broken, SPEC)["fluent"]
     for ending in ('move!"', "move?", "move:", "move\u2019", "move.\u201d"):  # closing punctuation, quotes included
