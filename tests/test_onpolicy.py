@@ -61,7 +61,7 @@ def sft_model(tiny_checkpoint, tok):
 def test_onpolicy_rows_rebuild_picked_pairs_from_failing_samples(sft_model, tok):
     rows = dpo_rows(6)
     cfg = config("dpo").onpolicy
-    cfg = dataclasses.replace(cfg, share=0.5, samples=2, max_new_tokens=24)
+    cfg = dataclasses.replace(cfg, share=0.5, samples=2, max_new_tokens=24, cut_pairs=0.0)  # cut pairs: tested below
     kwargs = dict(batch_size=4, device=torch.device("cpu"), dtype=torch.float32)
     out, records, counts = onpolicy_rows(sft_model.model, tok, rows, "train", cfg, 7, **kwargs)
     picked = picked_rows(6, 0.5, 7, "train")
@@ -91,7 +91,8 @@ def test_self_only_drops_rows_without_a_pair_of_own_stories(sft_model, tok, monk
         return [[{"text": f"story {i}.{k}", "failed": f} for k, f in enumerate(verdicts[i])] for i in range(4)]
 
     monkeypatch.setattr(pico.onpolicy, "judged", fake_judged)
-    cfg = dataclasses.replace(config("dpo").onpolicy, share=1.0, samples=2, max_new_tokens=4, chosen="self_only")
+    cfg = dataclasses.replace(config("dpo").onpolicy, share=1.0, samples=2, max_new_tokens=4, chosen="self_only",
+                              cut_pairs=0.0)
     kwargs = dict(batch_size=4, device=torch.device("cpu"), dtype=torch.float32)
     out, records, counts = onpolicy_rows(sft_model.model, tok, rows, "train", cfg, 7, **kwargs)
     assert [(r["chosen"], r["rejected"]) for r in out] == [("story 0.0", "story 0.1"), ("story 3.1", "story 3.0")]
