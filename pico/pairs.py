@@ -14,7 +14,6 @@ from pico.stories import cap, the
 
 WORD_FIELDS = ("object", "taboo", "twist")  # the fields a story quotes whole, whose ends the model must find
 VALUE_CHECK = {"object": "object_used", "taboo": "taboo_present", "twist": "twist_present"}  # WORD_FIELDS' checks
-CUT_KINDS = ("words_cut", "word_broken", "stutter")
 
 
 def value_forms(value: str) -> list[str]:
@@ -34,9 +33,6 @@ def stuttered(story: str, value: str, n_words: int) -> str | None:
             end = at + len(form)
             return story[:end] + " " + " ".join(form.split()[-n_words:]) + story[end:]
     return None
-
-
-VALUE_CHECK = {"object": "object_used", "taboo": "taboo_present", "twist": "twist_present"}  # WORD_FIELDS' checks
 
 
 def cut_short(story: str, value: str, n_words: int) -> str | None:
