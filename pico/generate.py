@@ -16,7 +16,7 @@ from typing import Callable, Iterator, TypeVar
 
 from pico.checks import check_story, failed_checks
 from pico.config import SFT_SPLITS, SPLITS, UNSEEN, GenerateConfig
-from pico.pairs import WORD_FIELDS, stuttered, value_forms
+from pico.pairs import WORD_FIELDS, stuttered, value_edited, value_forms
 from pico.prompt import build_prompt
 from pico.fluency import FUNCTION_WORDS
 from pico.spec import Spec, Values, compose_name, compose_word, is_curated, sample_specs, split_values, with_phrases
@@ -209,16 +209,9 @@ def with_stutter_rejected(row: dict, rng: random.Random) -> dict:
     twist or object in a random order, 2-4 words; the row is left as it is where no stutter fails exactly
     `no_repetition` (a tail that is English said twice, "...in it in it", is not a stutter to the checker).
     Measured: it cures the stutter and costs the fields (RESEARCH.md, finding 24); off by default."""
-    spec = Spec.from_dict(row["spec"])
-    fields = list(WORD_FIELDS)
-    rng.shuffle(fields)
-    n_words = rng.randint(2, 4)
-    for f in fields:
-        for n in (n_words, 2):
-            rejected = stuttered(row["chosen"], getattr(spec, f), n)
-            if rejected is not None and failed_checks(check_story(rejected, spec)) == ["no_repetition"]:
-                return {**row, "rejected": rejected, "pair_kind": PAIR_KIND_STUTTER}
-    return row
+    rejected = value_edited(row["chosen"], Spec.from_dict(row["spec"]), rng, stuttered, (2, 4),
+                            lambda f: "no_repetition")
+    return row if rejected is None else {**row, "rejected": rejected, "pair_kind": PAIR_KIND_STUTTER}
 
 
 def stutter_rng(seed: int, split: str, index: int) -> random.Random:

@@ -7,6 +7,7 @@ DPO's gradient lands there. Used by `generate` (`stutter_pairs`) and by the dpo 
 from __future__ import annotations
 
 import random
+from typing import Callable
 
 from pico.checks import check_story, failed_checks
 from pico.spec import Spec
@@ -67,6 +68,21 @@ def broken_word(story: str, value: str, rng: random.Random) -> str | None:
     return None
 
 
+def value_edited(story: str, spec: Spec, rng: random.Random, edit: Callable[[str, str, int], str | None],
+                 n_range: tuple[int, int], fails: Callable[[str], str]) -> str | None:
+    """`story` with `edit(story, value, n)` applied to its taboo, twist or object (in a random order), n drawn from
+    `n_range` (then its smallest), where the checker then fails exactly `fails(field)`; None where no edit does."""
+    fields = list(WORD_FIELDS)
+    rng.shuffle(fields)
+    n_words = rng.randint(*n_range)
+    for f in fields:
+        for n in dict.fromkeys((n_words, n_range[0])):
+            out = edit(story, getattr(spec, f), n)
+            if out is not None and failed_checks(check_story(out, spec)) == [fails(f)]:
+                return out
+    return None
+
+
 def value_cut_story(story: str, spec: Spec, rng: random.Random) -> str | None:
     """`story` (which passes every check) with one copied value broken, such that the checker fails exactly one
     check; None where no break does. The kinds are tried in a random order (by `rng`), each until one works:
@@ -76,15 +92,7 @@ def value_cut_story(story: str, spec: Spec, rng: random.Random) -> str | None:
     words are said twice (`no_repetition` fails). The first two are where a copy stopped too early, the last
     where it went on too long: together they pin a copy's end from both sides."""
     def words_cut() -> str | None:
-        fields = list(WORD_FIELDS)
-        rng.shuffle(fields)
-        n_words = rng.randint(1, 3)
-        for f in fields:
-            for n in dict.fromkeys((n_words, 1)):
-                cut = cut_short(story, getattr(spec, f), n)
-                if cut is not None and failed_checks(check_story(cut, spec)) == [VALUE_CHECK[f]]:
-                    return cut
-        return None
+        return value_edited(story, spec, rng, cut_short, (1, 3), lambda f: VALUE_CHECK[f])
 
     def word_broken() -> str | None:
         fields = ["setting", "protagonist", "supporting", *WORD_FIELDS]
@@ -99,15 +107,7 @@ def value_cut_story(story: str, spec: Spec, rng: random.Random) -> str | None:
         return None
 
     def stutter() -> str | None:
-        fields = list(WORD_FIELDS)
-        rng.shuffle(fields)
-        n_words = rng.randint(2, 4)
-        for f in fields:
-            for n in dict.fromkeys((n_words, 2)):
-                out = stuttered(story, getattr(spec, f), n)
-                if out is not None and failed_checks(check_story(out, spec)) == ["no_repetition"]:
-                    return out
-        return None
+        return value_edited(story, spec, rng, stuttered, (2, 4), lambda f: "no_repetition")
 
     kinds = [words_cut, word_broken, stutter]
     rng.shuffle(kinds)
