@@ -70,6 +70,8 @@ class ModelConfig(Section):
     copy_dim: int = knob("copy head: width of its queries and keys", "[1, 4096]")
     copy_value_key: bool = knob("copy head: a slot's key also sees the token it would copy (copying can stop)")
     copy_min_gap: int = knob("copy head: points only at tokens at least this far back (a loop guard)", "[1, 4096]")
+    copy_line_breaks: bool = knob("copy head: may point at tokens holding a line break (false: the vocabulary "
+                                  "side alone writes them, so a copy cannot run on into the prompt's next line)")
 
     def validate(self) -> None:
         if self.type == "transformer":

@@ -41,7 +41,7 @@ Tensors = dict[str, torch.Tensor]
 GPT2_SETTINGS: dict[str, object] = {"type": "transformer", "d_model": None, "n_layer": None, "n_head": None,
                                     "max_seq_len": None, "dropout": None, "k": None, "mlp_ratio": None,
                                     "pos_encoding": "learned", "copy_head": False, "copy_dim": None,
-                                    "copy_value_key": None, "copy_min_gap": None}
+                                    "copy_value_key": None, "copy_min_gap": None, "copy_line_breaks": None}
 
 
 def unsupported_settings(cfg: ModelConfig, settings: dict[str, object]) -> list[str]:
@@ -142,7 +142,7 @@ PICO_AUTO_MAP = {"AutoConfig": "configuration_pico.PicoConfig", "AutoModelForCau
 PICO_SETTINGS: dict[str, object] = {"type": "transformer", "d_model": None, "n_layer": None, "n_head": None,
                                     "max_seq_len": None, "dropout": None, "k": None, "mlp_ratio": None,
                                     "pos_encoding": None, "copy_head": None, "copy_dim": None,
-                                    "copy_value_key": None, "copy_min_gap": None}
+                                    "copy_value_key": None, "copy_min_gap": None, "copy_line_breaks": None}
 PICO_UNUSED_SETTINGS = ("type", "k")  # `type` is the architecture itself; `k` is the k-gram model's
 
 
@@ -170,7 +170,7 @@ def pico_tensors(weights: Tensors) -> Tensors:
         raise ExportError("head.weight: the output layer is not tied to the embedding wte.weight, and "
                           "PicoForCausalLM ties them; this checkpoint cannot be exported")
     body = re.compile(r"(wte|wpe|ln_f)\.weight|blocks\.\d+\.(ln1|ln2|attn\.qkv|attn\.proj|mlp\.fc|mlp\.proj)\.weight")
-    copy = re.compile(r"copy\.(q|k_hidden|k_embed|k_value)\.weight|copy\.sentinel\.(weight|bias)")
+    copy = re.compile(r"copy\.(q|k_hidden|k_embed|k_value)\.weight|copy\.sentinel\.(weight|bias)|copy\.blocked")
     out: Tensors = {}
     unmapped = []
     for name, tensor in weights.items():

@@ -47,7 +47,8 @@ class CopyCache:
 
     k: torch.Tensor  # (B, Tmax, dc) key of every slot, built from what preceded the slot's token
     ids: torch.Tensor  # (B, Tmax) the token of every slot: what pointing at the slot copies
-    key_valid: torch.Tensor  # (B, Tmax) bool: the slot and the one before it are real tokens (not padding)
+    key_valid: torch.Tensor  # (B, Tmax) bool: the slot and the one before it are real tokens (not padding), and
+    #                          the head may copy its token (`CopyHead.pointable`)
     next_k: torch.Tensor  # (B, dc) the part of the next slot's key built from the last token seen
     next_valid: torch.Tensor  # (B,) bool: the last token seen was real
 
@@ -150,10 +151,13 @@ class CopyHead(nn.Module):
         a_t  = softmax(s_t)
         p(y | x_<=t) = a_t0 · softmax(head(h_t))[y] + sum_{j: x_j = y} a_tj
 
-    h is the final (ln_f) hidden state. Slot 0 has nothing before it and is never pointed at.
+    h is the final (ln_f) hidden state. Slot 0 has nothing before it and is never pointed at. Without
+    `copy_line_breaks`, neither is a slot whose token is in `blocked` (the tokens holding a line break, set from the
+    tokenizer by `GPT.block_copies` and saved with the weights): a copy of a prompt's value cannot run on into the
+    prompt's next line, since only the vocabulary side can write the line break.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
         d, dc = cfg.d_model, cfg.copy_dim
         self.q = nn.Linear(d, dc, bias=False)
@@ -161,6 +165,12 @@ class CopyHead(nn.Module):
         self.k_embed = nn.Linear(d, dc, bias=False)
         self.k_value = nn.Linear(d, dc, bias=False) if cfg.copy_value_key else None
         self.sentinel = nn.Linear(d, 1, bias=True)
+        # None (not saved) when every token may be copied
+        self.register_buffer("blocked", None if cfg.copy_line_breaks else torch.zeros(vocab_size, dtype=torch.bool))
+
+    def pointable(self, ids: torch.Tensor) -> torch.Tensor:
+        """Which slots, by the token they would copy (any shape), the head may point at (bool, same shape)."""
+        return torch.ones_like(ids, dtype=torch.bool) if self.blocked is None else ~self.blocked[ids]
 
     def keys(self, hidden: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """States at positions j-1, (B, T, d) each -> keys of slots j, (B, T, dc), before `value_keys`."""
@@ -209,7 +219,7 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=False)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.head.weight = self.wte.weight  # weight tying
-        self.copy = CopyHead(cfg) if cfg.copy_head else None
+        self.copy = CopyHead(cfg, vocab_size) if cfg.copy_head else None
         if cfg.pos_encoding == "rope":
             cos, sin = rope_tables(cfg.d_model // cfg.n_head, cfg.max_seq_len)
             self.register_buffer("rope_cos", cos, persistent=False)  # (Tmax, hs/2); rebuilt, not saved
@@ -218,6 +228,16 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # GPT-2: scale residual projections by depth
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def block_copies(self, ids: list[int]) -> None:
+        """Set the tokens the copy head may not point at (`copy_line_breaks: false`; pretraining sets them once,
+        from the tokenizer, and checkpoints carry them)."""
+        if self.copy is None or self.copy.blocked is None:
+            raise ValueError("block_copies: this model's copy head copies every token (model.copy_line_breaks: true)")
+        if not ids:
+            raise ValueError("block_copies: no token to block; the tokenizer has no line-break token")
+        self.copy.blocked.zero_()
+        self.copy.blocked[torch.tensor(ids, dtype=torch.long)] = True
 
     def new_cache(self, batch_size: int, capacity: int, device=None, dtype=None) -> KVCache:
         p = self.wte.weight
@@ -303,7 +323,10 @@ class GPT(nn.Module):
         T = idx.shape[1]
         keys = self.copy.value_keys(self.copy.keys(hidden[:, :-1], emb[:, :-1]), emb[:, 1:])
         key_mask = torch.ones(T, T - 1, dtype=torch.bool, device=idx.device).tril(diagonal=-self.cfg.copy_min_gap)
-        return keys, idx[:, 1:], key_mask.unsqueeze(0)
+        key_mask = key_mask.unsqueeze(0)
+        if self.copy.blocked is not None:
+            key_mask = key_mask & self.copy.pointable(idx[:, 1:]).unsqueeze(1)  # (B, T, T-1)
+        return keys, idx[:, 1:], key_mask
 
     def _cached_copy_slots(self, idx, hidden, emb, valid, cache: KVCache):
         """Write the new slots' copy keys into the cache; -> keys (B, Tk, dc), ids (B, Tk), key_mask (B, T, Tk)."""
@@ -312,7 +335,7 @@ class GPT(nn.Module):
         prev_valid = torch.cat([c.next_valid.unsqueeze(1), valid[:, :-1]], dim=1)  # (B, T)
         c.k[:, start : start + T] = self.copy.value_keys(new_k, emb)
         c.ids[:, start : start + T] = idx
-        c.key_valid[:, start : start + T] = valid & prev_valid
+        c.key_valid[:, start : start + T] = valid & prev_valid & self.copy.pointable(idx)
         c.next_k = self.copy.keys(hidden[:, -1:], emb[:, -1:]).squeeze(1)
         c.next_valid = valid[:, -1].clone()
         causal = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start + 1 - self.cfg.copy_min_gap)

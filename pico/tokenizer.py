@@ -51,6 +51,11 @@ class Tokenizer:
         """Decode ids, dropping special tokens so they can never leak into printed text."""
         return self.enc.decode([int(i) for i in ids if int(i) != self.eot_id], errors="replace")
 
+    def line_break_ids(self) -> list[int]:
+        """The ids whose bytes hold a line break ("\n", ".\n", ...): what `model.copy_line_breaks: false` keeps
+        the copy head from copying."""
+        return [i for i, token in enumerate(self.ranks) if b"\n" in token or b"\r" in token]
+
     def to_json(self) -> str:
         return json.dumps(
             {

@@ -23,17 +23,23 @@ def _cfg(**kw):
     return config("model", **{**base, **kw})
 
 
+BLOCKED = [3, 7, 11]  # stand-ins for the line-break tokens of `model.copy_line_breaks: false`
+
+
 def _model(seed=0, **kw):
     torch.manual_seed(seed)
     model = build_model(_cfg(**kw), V).eval()
     with torch.no_grad():  # random, not near-uniform, copy attention and gate
         for p in (model.copy.parameters() if model.copy is not None else []):
             p.normal_(0.0, 0.5)
+    if kw.get("copy_line_breaks") is False:
+        model.block_copies(BLOCKED)
     return model
 
 
 def dense_mixture_logps(model, idx, gap=1):
-    """Reference: every piece written out densely. (B, T) -> (B, T, V) log p of the mixture."""
+    """Reference: every piece written out densely. (B, T) -> (B, T, V) log p of the mixture; a blocked token's
+    slot is no candidate at all."""
     hidden = model(idx, return_hidden=True)  # (B, T, d)
     emb = model.wte(idx)
     B, T, _ = hidden.shape
@@ -42,34 +48,38 @@ def dense_mixture_logps(model, idx, gap=1):
         for t in range(T):
             h = hidden[b, t]
             scores = [model.copy.sentinel(h).squeeze()]
-            for j in range(1, t + 2 - gap):
+            slots = [j for j in range(1, t + 2 - gap)
+                     if model.copy.blocked is None or idx[b, j].item() not in BLOCKED]
+            for j in slots:
                 k = model.copy.keys(hidden[b, j - 1 : j], emb[b, j - 1 : j])[0]
                 if model.copy.k_value is not None:
                     k = k + model.copy.k_value(emb[b, j])
                 scores.append(model.copy.q(h) @ k / math.sqrt(k.shape[-1]))
             a = torch.softmax(torch.stack(scores), 0)
             p = a[0] * torch.softmax(model.head(h), -1)
-            for j in range(1, t + 2 - gap):
-                p[idx[b, j]] += a[j]
+            for i, j in enumerate(slots, start=1):
+                p[idx[b, j]] += a[i]
             out[b, t] = p.log()
     return out
 
 
-@pytest.mark.parametrize("gap,value", [(1, False), (4, False), (4, True)])
-def test_forward_is_the_dense_mixture(gap, value):
-    model = _model(copy_min_gap=gap, copy_value_key=value)
+@pytest.mark.parametrize("gap,value,breaks", [(1, False, True), (4, False, True), (4, True, True), (2, True, False)])
+def test_forward_is_the_dense_mixture(gap, value, breaks):
+    model = _model(copy_min_gap=gap, copy_value_key=value, copy_line_breaks=breaks)
     idx = torch.randint(0, V, (2, 12))
+    idx[:, 2::3] = torch.tensor(BLOCKED)[torch.arange(idx[:, 2::3].numel()) % 3].view(2, -1)  # blocked tokens in it
     got = model(idx)
     assert torch.allclose(got.exp().sum(-1), torch.ones(2, 12), atol=1e-5)  # a distribution
     assert torch.allclose(got, dense_mixture_logps(model, idx, gap), atol=1e-4)
 
 
-@pytest.mark.parametrize("gap,value", [(1, False), (5, True)])
-def test_loss_from_the_mixture_equals_dense_reference_with_gradients(gap, value):
-    model = _model(copy_min_gap=gap, copy_value_key=value)
+@pytest.mark.parametrize("gap,value,breaks", [(1, False, True), (5, True, True), (2, True, False)])
+def test_loss_from_the_mixture_equals_dense_reference_with_gradients(gap, value, breaks):
+    model = _model(copy_min_gap=gap, copy_value_key=value, copy_line_breaks=breaks)
     model.train()
     idx, targets = torch.randint(0, V, (2, 12)), torch.randint(0, V, (2, 12))
-    targets[:, 6:] = idx[:, 3:9]  # make some targets copyable
+    idx[:, 4] = BLOCKED[0]
+    targets[:, 6:] = idx[:, 3:9]  # make some targets copyable (one of them a blocked token)
     mask = (torch.rand(2, 12) > 0.3).float()
     batch = {"input_ids": idx, "targets": targets, "loss_mask": mask}
 
@@ -108,11 +118,10 @@ def test_gate_fixed_to_vocabulary_equals_plain_model():
     assert lm_loss(model, batch)[0].item() == pytest.approx(lm_loss(plain, batch)[0].item(), rel=1e-6)
 
 
-def test_head_forced_to_copy_reproduces_the_context():
-    """Keys from the previous token's embedding, query = current token's: position t points at the slot after the
-    earlier occurrence of x_t, so the second half of a repeated random sequence is predicted exactly."""
+def _copying_model(**kw):
+    """A model whose head copies exactly: position t points at the slot after the earlier occurrence of x_t."""
     d = 32
-    model = _model(copy_dim=d)
+    model = _model(copy_dim=d, **kw)
     with torch.no_grad():
         model.copy.k_hidden.weight.zero_()  # keys from the previous token's embedding only
         for blk in model.blocks:  # blocks add nothing: the final hidden state is ln_f(embedding of x_t)
@@ -124,6 +133,13 @@ def test_head_forced_to_copy_reproduces_the_context():
         model.copy.k_embed.weight.copy_(torch.eye(d))
         model.copy.sentinel.weight.zero_()
         model.copy.sentinel.bias.fill_(-30.0)  # no vocabulary side
+    return model
+
+
+def test_head_forced_to_copy_reproduces_the_context():
+    """Keys from the previous token's embedding, query = current token's: position t points at the slot after the
+    earlier occurrence of x_t, so the second half of a repeated random sequence is predicted exactly."""
+    model = _copying_model()
     seq = torch.randperm(V)[:20]
     idx = torch.cat([seq, seq]).unsqueeze(0)  # (1, 40), no token repeats within a copy
     logp = model(idx)[0]  # (40, V)
@@ -133,10 +149,39 @@ def test_head_forced_to_copy_reproduces_the_context():
     assert nll.item() < 0.05
 
 
-@pytest.mark.parametrize("gap,value", [(1, False), (3, True)])
-def test_kv_cached_decoding_equals_full_forward_with_left_padding(gap, value):
-    model = _model(copy_min_gap=gap, copy_value_key=value)
+def test_a_copy_head_without_line_breaks_copies_every_token_but_them():
+    """`copy_line_breaks: false`: the same exact copier copies a repeated sequence, except that it gives a blocked
+    token (a line break) no mass at all: where the copy reaches one, only the vocabulary side may write it."""
+    seq = torch.tensor([t for t in torch.randperm(V).tolist() if t not in BLOCKED][:19])
+    seq = torch.cat([seq[:9], torch.tensor([BLOCKED[0]]), seq[9:]])  # a line break in the middle: position 9
+    idx = torch.cat([seq, seq]).unsqueeze(0)  # (1, 40)
+    free, blocked = _copying_model(), _copying_model(copy_line_breaks=False)
+    with torch.no_grad():
+        blocked.load_state_dict(free.state_dict(), strict=False)  # the same weights, the buffer kept
+        logp_free, logp_blocked = free(idx)[0], blocked(idx)[0]
+    after = [t for t in range(20, 39) if t != 28]  # query 28 predicts token 29, the second copy's line break
+    target = idx[0, 1:]
+    assert (logp_blocked[after].argmax(-1) == target[after]).all()  # everything else is still copied exactly
+    assert logp_free[28, BLOCKED[0]].item() > -0.05  # the free head copies the line break ...
+    vocab_side = torch.log_softmax(blocked.head(blocked(idx, return_hidden=True)[0, 28]).float(), -1)
+    assert logp_blocked[28, BLOCKED[0]].item() < vocab_side[BLOCKED[0]].item() + 1e-4  # ... this one cannot
+    assert logp_blocked[28, BLOCKED[0]].item() < -5.0
+
+
+def test_block_copies_needs_the_knob_and_a_token():
+    with pytest.raises(ValueError, match="copy_line_breaks: true"):
+        _model().block_copies([1])
+    with pytest.raises(ValueError, match="no token"):
+        _model(copy_line_breaks=False).block_copies([])
+    model = _model(copy_line_breaks=False)
+    assert model.state_dict()["copy.blocked"].nonzero().flatten().tolist() == BLOCKED  # saved with the weights
+
+
+@pytest.mark.parametrize("gap,value,breaks", [(1, False, True), (3, True, True), (1, True, False)])
+def test_kv_cached_decoding_equals_full_forward_with_left_padding(gap, value, breaks):
+    model = _model(copy_min_gap=gap, copy_value_key=value, copy_line_breaks=breaks)
     a, b = torch.randint(0, V, (1, 10)), torch.randint(0, V, (1, 6))
+    a[0, 2], b[0, 1] = BLOCKED[0], BLOCKED[1]
     b[0, 3:] = b[0, :3]
     pad = torch.zeros(1, 4, dtype=torch.long)
     batch = torch.cat([a, torch.cat([pad, b], dim=1)])
@@ -147,17 +192,19 @@ def test_kv_cached_decoding_equals_full_forward_with_left_padding(gap, value):
     assert torch.allclose(out[0], model(a)[0], atol=1e-5)
     assert torch.allclose(out[1, 4:], model(b)[0], atol=1e-5)
     seq_a, seq_b = a, b
-    for _ in range(5):
+    for i in range(5):
         nxt = torch.randint(0, V, (2, 1))
+        nxt[i % 2, 0] = BLOCKED[i % 3]
         step = model(nxt, cache=cache)
         seq_a, seq_b = torch.cat([seq_a, nxt[:1]], 1), torch.cat([seq_b, nxt[1:]], 1)
         assert torch.allclose(step[0, 0], model(seq_a)[0, -1], atol=1e-5)
         assert torch.allclose(step[1, 0], model(seq_b)[0, -1], atol=1e-5)
 
 
-@pytest.mark.parametrize("temperature,gap,value", [(0.0, 1, False), (0.8, 1, False), (0.8, 4, True)])
-def test_cached_sampling_equals_uncached(temperature, gap, value):
-    model = _model(copy_min_gap=gap, copy_value_key=value)
+@pytest.mark.parametrize("temperature,gap,value,breaks", [(0.0, 1, False, True), (0.8, 1, False, True),
+                                                          (0.8, 4, True, True), (0.8, 1, True, False)])
+def test_cached_sampling_equals_uncached(temperature, gap, value, breaks):
+    model = _model(copy_min_gap=gap, copy_value_key=value, copy_line_breaks=breaks)
     prompts = [torch.randint(0, V, (n,)).tolist() for n in (5, 9, 7)]
     cfg = SamplingConfig(temperature=temperature, top_k=0, top_p=0.95, max_new_tokens=12, no_repeat_ngram=0, seed=3)
     cached = sample(model, prompts, cfg, eos_id=V - 1, use_cache=True)
@@ -220,3 +267,33 @@ def test_masked_token_logps_kernel_in_bf16_is_close_to_fp32():
         bf16 = model_token_logps(model, idx, targets, mask)
     assert bf16.dtype == torch.float32
     assert torch.allclose(bf16, fp32, atol=0.05, rtol=0.03)
+
+
+def test_pretraining_blocks_the_tokenizers_line_breaks_and_checkpoints_keep_them(tok, sample_stories, tmp_path):
+    from pico.checkpoint import load_checkpoint, read_payload, save_checkpoint, to_bytes
+    from pico.data import pack_tokens
+    from pico.io import write_bytes
+    from pico.recipes.pretrain import pretrain
+
+    assert tok.line_break_ids() == [i for i in range(tok.vocab_size - 1) if set(tok.decode([i])) & {"\n", "\r"}]
+    model_cfg = config("model", d_model=32, n_layer=1, n_head=2, max_seq_len=64, copy_line_breaks=False)
+    tokens = pack_tokens(tok, sample_stories[:200], progress=False)
+    base = pretrain(config("pretrain", device="cpu", batch_size=2, grad_accum=1, warmup_steps=1, eval_every=2,
+                           save_every=2, log_every=1, max_steps=2, seq_len=32, eval_batches=1), model_cfg, tok,
+                    tokens[:4000], tokens[4000:6000])
+    assert base.model.copy.blocked.nonzero().flatten().tolist() == tok.line_break_ids()
+    path = tmp_path / "base.pt"
+    save_checkpoint(path, base.model, model_cfg=model_cfg, tokenizer_hash=tok.hash, stage="pretrain", step=2)
+    loaded = load_checkpoint(path, tokenizer_hash=tok.hash)
+    assert not loaded.model_cfg.copy_line_breaks
+    assert torch.equal(loaded.model.copy.blocked, base.model.copy.blocked)
+
+    # a checkpoint from before the knob (no copy_line_breaks in its config) loads as the head that copied them
+    old_cfg = config("model", d_model=32, n_layer=1, n_head=2, max_seq_len=64)
+    save_checkpoint(path, build_model(old_cfg, tok.vocab_size), model_cfg=old_cfg, tokenizer_hash=tok.hash,
+                    stage="pretrain", step=0)
+    payload = read_payload(path)
+    del payload["model"]["copy_line_breaks"]
+    write_bytes(path, to_bytes(payload))
+    old = load_checkpoint(path, tokenizer_hash=tok.hash)
+    assert old.model_cfg.copy_line_breaks and old.model.copy.blocked is None

@@ -64,6 +64,8 @@ def tiny_copy_gpt(tok, seed=0, **kw):
     settings = {"pos_encoding": "rope", "copy_head": True, "copy_dim": 16, "copy_value_key": True,
                 "copy_min_gap": 4, **kw}
     model = tiny_gpt(tok, seed, **settings)
+    if model.copy is not None and model.copy.blocked is not None:
+        model.block_copies(tok.line_break_ids())
     if model.copy is not None:
         with torch.no_grad():
             for p in model.copy.parameters():
@@ -218,6 +220,7 @@ CUSTOM_SETTINGS = {
     "rope_copy": {},  # params.yaml's default: RoPE, a copy head whose keys see the value, a gap
     "rope_copy_gap1_no_value_key": {"copy_value_key": False, "copy_min_gap": 1},
     "learned_copy": {"pos_encoding": "learned"},
+    "rope_copy_no_line_breaks": {"copy_line_breaks": False},  # the blocked tokens travel as a buffer
     "rope_no_copy": {"copy_head": False},
 }
 
@@ -236,7 +239,8 @@ def test_custom_architecture_gives_picos_log_probs(tmp_path, tok, sample_stories
     hf, _ = load_hf(out, remote_code=True)
     assert type(hf).__name__ == "PicoForCausalLM"
     assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied, as pico's head
-    story = torch.tensor(tok.encode(" ".join(sample_stories[:5]))[: model.cfg.max_seq_len]).unsqueeze(0)
+    story = torch.tensor(tok.encode("\n".join(sample_stories[:5]))[: model.cfg.max_seq_len]).unsqueeze(0)
+    assert set(story.flatten().tolist()) & set(tok.line_break_ids())  # line breaks to copy, or not
     ids = torch.cat([story, torch.randint(0, tok.vocab_size, (2, story.shape[1]),
                                           generator=torch.Generator().manual_seed(1))])
     if model.copy is not None:

@@ -126,7 +126,8 @@ class PicoCopyHead(nn.Module):
     """Pointer-generator copy head with a sentinel. At query t it scores the sentinel, s_t0 = w · h_t + b, and every
     earlier slot j, s_tj = q(h_t) · k_j / sqrt(dc) with k_j = k_hidden(h_{j-1}) + k_embed(wte(x_{j-1}))
     [+ k_value(wte(x_j))]; a_t = softmax(s_t) mixes the vocabulary distribution (weight a_t0) with copying x_j
-    (weight a_tj). h is the final (ln_f) hidden state."""
+    (weight a_tj). h is the final (ln_f) hidden state. Without `copy_line_breaks` no slot whose token is in
+    `blocked` (saved with the weights) is pointed at."""
 
     def __init__(self, config: PicoConfig):
         super().__init__()
@@ -136,6 +137,9 @@ class PicoCopyHead(nn.Module):
         self.k_embed = nn.Linear(d, dc, bias=False)
         self.k_value = nn.Linear(d, dc, bias=False) if config.copy_value_key else None
         self.sentinel = nn.Linear(d, 1, bias=True)
+        # None (not saved) when every token may be copied
+        blocked = None if config.copy_line_breaks else torch.zeros(config.vocab_size, dtype=torch.bool)
+        self.register_buffer("blocked", blocked)
 
     def slot_keys(self, hidden: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """Keys of slots 1..T-1, (B, T-1, dc), from hidden states and embeddings (B, T, d) of the whole sequence."""
@@ -264,6 +268,9 @@ class PicoForCausalLM(PicoPreTrainedModel, GenerationMixin):
         """The copy mixture's log-probs at the kept query positions."""
         T = input_ids.shape[1]
         keys = self.copy.slot_keys(hidden, self.transformer.wte(input_ids))  # (B, T-1, dc)
-        slot_mask = copy_slot_mask(valid, T, self.config.copy_min_gap, input_ids.device)[:, keep]
+        slot_mask = copy_slot_mask(valid, T, self.config.copy_min_gap, input_ids.device)
+        if self.copy.blocked is not None:
+            slot_mask = slot_mask & ~self.copy.blocked[input_ids[:, 1:]].unsqueeze(1)
+        slot_mask = slot_mask[:, keep]
         log_weights = self.copy.log_weights(hidden[:, keep], keys, slot_mask)
         return copy_mixture(vocab_logits, log_weights, input_ids[:, 1:])

@@ -33,6 +33,8 @@ def pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, tok: Tokenizer, train_
     evaluate = functools.partial(lm_metrics, batches=val_batches, device=device, dtype=dtype)
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg, tok.vocab_size)
+    if model_cfg.copy_head and not model_cfg.copy_line_breaks:
+        model.block_copies(tok.line_break_ids())
     run_id = fingerprint("pretrain", asdict(cfg), asdict(model_cfg), tok.hash, hashlib.sha256(train_tokens).hexdigest())
     get_batch = train_windows.train_batch
     if cfg.copy_share > 0:
