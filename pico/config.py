@@ -124,6 +124,9 @@ class SFTConfig(FinetuneConfig):
     KEY = "sft"
     copy_share: float = knob("induction rows added to each batch, x its rows (copy_rows.py); 0 = off", "[0, 1]")
     copy_stop: bool = knob("induction rows end each copy on a different token, in the loss: copies learn to stop")
+    copy_line_breaks: bool = knob("false: from SFT's first step on the copy head may not copy a line break (the "
+                                  "base model keeps copying them; model.copy_line_breaks: false blocks them from "
+                                  "pretraining on); true: the head as the base model has it")
 
 
 @dataclass(frozen=True, kw_only=True)

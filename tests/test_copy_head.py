@@ -297,3 +297,23 @@ def test_pretraining_blocks_the_tokenizers_line_breaks_and_checkpoints_keep_them
     write_bytes(path, to_bytes(payload))
     old = load_checkpoint(path, tokenizer_hash=tok.hash)
     assert old.model_cfg.copy_line_breaks and old.model.copy.blocked is None
+
+
+def test_sft_without_line_break_copies_keeps_the_weights_and_blocks_them(tok):
+    from pico.checkpoint import Checkpoint
+    from pico.recipes.finetune import without_line_break_copies
+
+    cfg = config("model", d_model=32, n_layer=1, n_head=2, max_seq_len=64)
+    torch.manual_seed(0)
+    parent = Checkpoint(build_model(cfg, tok.vocab_size).eval(), cfg, {"stage": "pretrain"}, "abc")
+    child = without_line_break_copies(parent, tok)
+    assert parent.model_cfg.copy_line_breaks and not child.model_cfg.copy_line_breaks
+    assert child.model.copy.blocked.nonzero().flatten().tolist() == tok.line_break_ids()
+    same = {k: v for k, v in child.model.state_dict().items() if k != "copy.blocked"}
+    assert all(torch.equal(v, parent.model.state_dict()[k]) for k, v in same.items())
+    ids = torch.tensor([tok.encode("It was late.\nThe door opened.\nIt was late.\nThe door")])
+    with torch.no_grad():
+        assert torch.allclose(child.model(ids), parent.model(ids), atol=1e-3) is False  # the line breaks matter
+        text_only = ids[:, :3]  # no line break in reach: the same distribution
+        assert torch.allclose(child.model(text_only), parent.model(text_only), atol=1e-6)
+    assert without_line_break_copies(child, tok) is child  # already blocking: as it is

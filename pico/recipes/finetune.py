@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -30,7 +30,7 @@ from pico.finetune import (
 )
 from pico.io import write_bytes
 from pico.losses import dpo_batch_loss, lm_loss
-from pico.model import disable_dropout
+from pico.model import build_model, disable_dropout, unwrap
 from pico.recipes import Trained, fingerprint
 from pico.tokenizer import Tokenizer
 from pico.train import LossFn, TrainResult, evaluate_loss, train
@@ -64,6 +64,19 @@ def _encode(cfg: FinetuneConfig, parent: Checkpoint, encode, tok: Tokenizer, spl
     return out
 
 
+def without_line_break_copies(parent: Checkpoint, tok: Tokenizer) -> Checkpoint:
+    """The parent model with a copy head that may not copy line breaks (`model.copy_line_breaks: false`), the
+    same weights otherwise; a parent without a copy head, or already blocking them, is returned as it is."""
+    if not parent.model_cfg.copy_head or not parent.model_cfg.copy_line_breaks:
+        return parent
+    cfg = replace(parent.model_cfg, copy_line_breaks=False)
+    model = build_model(cfg, unwrap(parent.model).vocab_size)
+    missing, unexpected = model.load_state_dict(unwrap(parent.model).state_dict(), strict=False)
+    assert missing == ["copy.blocked"] and not unexpected, (missing, unexpected)
+    model.block_copies(tok.line_break_ids())
+    return Checkpoint(model.to(unwrap(parent.model).wte.weight.device), cfg, parent.meta, parent.digest)
+
+
 def sft(cfg: SFTConfig, base: Checkpoint, tok: Tokenizer, train_rows: list[dict], valid_rows: list[dict], *,
         inputs_id: tuple = (), resume: Path | None = None) -> Trained:
     """Prompt-masked supervised fine-tuning: the loss covers the response tokens and EOS only.
@@ -73,6 +86,8 @@ def sft(cfg: SFTConfig, base: Checkpoint, tok: Tokenizer, train_rows: list[dict]
     """
     device = resolve_device(cfg.device)
     dtype = resolve_precision(cfg.precision, device)
+    if not cfg.copy_line_breaks:
+        base = without_line_break_copies(base, tok)
     encoded = _encode(cfg, base, encode_sft_rows, tok, {"train": train_rows, "valid": valid_rows})
     (train_enc, train_report), (valid_enc, valid_report) = encoded["train"], encoded["valid"]
 
