@@ -47,8 +47,7 @@ class CopyCache:
 
     k: torch.Tensor  # (B, Tmax, dc) key of every slot, built from what preceded the slot's token
     ids: torch.Tensor  # (B, Tmax) the token of every slot: what pointing at the slot copies
-    key_valid: torch.Tensor  # (B, Tmax) bool: the slot and the one before it are real tokens (not padding), and
-    #                          the head may copy its token (`CopyHead.pointable`)
+    key_valid: torch.Tensor  # (B, Tmax) bool: the slot and the one before it are real tokens (not padding)
     next_k: torch.Tensor  # (B, dc) the part of the next slot's key built from the last token seen
     next_valid: torch.Tensor  # (B,) bool: the last token seen was real
 
@@ -152,9 +151,13 @@ class CopyHead(nn.Module):
         p(y | x_<=t) = a_t0 · softmax(head(h_t))[y] + sum_{j: x_j = y} a_tj
 
     h is the final (ln_f) hidden state. Slot 0 has nothing before it and is never pointed at. Without
-    `copy_line_breaks`, neither is a slot whose token is in `blocked` (the tokens holding a line break, set from the
-    tokenizer by `GPT.block_copies` and saved with the weights): a copy of a prompt's value cannot run on into the
-    prompt's next line, since only the vocabulary side can write the line break.
+    `copy_line_breaks`, a slot whose token is in `blocked` (the tokens holding a line break, set from the tokenizer
+    by `GPT.block_copies` and saved with the weights) copies nothing: its weight goes to the vocabulary side,
+
+        p(y | x_<=t) = (a_t0 + sum_{j: x_j blocked} a_tj) · softmax(head(h_t))[y] + sum_{j: x_j = y, not blocked} a_tj
+
+    so a copy that reaches the end of a prompt's line hands over to the language model, which writes what follows
+    (a full stop, "and ...") instead of the prompt's line break; every line break is the vocabulary side's.
     """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
@@ -168,9 +171,10 @@ class CopyHead(nn.Module):
         # None (not saved) when every token may be copied
         self.register_buffer("blocked", None if cfg.copy_line_breaks else torch.zeros(vocab_size, dtype=torch.bool))
 
-    def pointable(self, ids: torch.Tensor) -> torch.Tensor:
-        """Which slots, by the token they would copy (any shape), the head may point at (bool, same shape)."""
-        return torch.ones_like(ids, dtype=torch.bool) if self.blocked is None else ~self.blocked[ids]
+    def handover(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """Which slots, by the token they hold (any shape), hand their weight to the vocabulary side (bool, same
+        shape); None when the head copies every token."""
+        return None if self.blocked is None else self.blocked[ids]
 
     def keys(self, hidden: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """States at positions j-1, (B, T, d) each -> keys of slots j, (B, T, dc), before `value_keys`."""
@@ -186,17 +190,27 @@ class CopyHead(nn.Module):
         slots = ((q @ keys.transpose(1, 2)) / math.sqrt(q.shape[-1])).float()
         return self.sentinel(hidden).squeeze(-1).float(), slots
 
-    def log_terms(self, hidden: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor, match: torch.Tensor):
-        """log a_t0 and log sum_{j: match} a_tj, (B, Tq) each, by two masked logsumexps (no (B, Tq, Tk) log-softmax)."""
+    def log_terms(self, hidden: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor, match: torch.Tensor,
+                  handover: torch.Tensor | None = None):
+        """log of the vocabulary side's weight (a_t0, plus the slots in `handover`) and log sum_{j: match} a_tj,
+        (B, Tq) each, by masked logsumexps (no (B, Tq, Tk) log-softmax). `match` holds no handover slot."""
         sentinel, scores = self.scores(hidden, keys)
         lse = torch.logaddexp(sentinel, masked_logsumexp(scores, key_mask, NO_COPY))
-        return sentinel - lse, masked_logsumexp(scores, match, NO_COPY) - lse
+        gate = sentinel if handover is None else torch.logaddexp(sentinel, masked_logsumexp(scores, handover, NO_COPY))
+        return gate - lse, masked_logsumexp(scores, match, NO_COPY) - lse
 
-    def log_weights(self, hidden: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """log a (B, Tq, 1 + Tk): column 0 the sentinel (the vocabulary side), column 1 + i slot i of `keys`."""
+    def log_weights(self, hidden: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor,
+                    handover: torch.Tensor | None = None) -> torch.Tensor:
+        """log a (B, Tq, 1 + Tk): column 0 the vocabulary side (the sentinel, plus the slots in `handover`, which
+        are then -inf), column 1 + i slot i of `keys`."""
         sentinel, scores = self.scores(hidden, keys)
         scores = scores.masked_fill(~key_mask, float("-inf"))  # the sentinel keeps every row finite
-        return torch.log_softmax(torch.cat([sentinel.unsqueeze(-1), scores], dim=-1), dim=-1)
+        log_a = torch.log_softmax(torch.cat([sentinel.unsqueeze(-1), scores], dim=-1), dim=-1)
+        if handover is None:
+            return log_a
+        handover = handover & key_mask
+        vocab = torch.logaddexp(log_a[..., 0], masked_logsumexp(log_a[..., 1:], handover, NO_COPY))  # finite grads
+        return torch.cat([vocab.unsqueeze(-1), log_a[..., 1:].masked_fill(handover, float("-inf"))], dim=-1)
 
 
 class GPT(nn.Module):
@@ -308,7 +322,8 @@ class GPT(nn.Module):
         keys, ids, key_mask = copy_slots if cache is not None else self._copy_slots(idx, x, emb)
         if last_only:
             x, key_mask = x[:, -1:, :], key_mask[:, -1:, :]
-        log_a = self.copy.log_weights(x, keys, key_mask)  # (B, Tq, 1 + Tk)
+        handover = self.copy.handover(ids)  # (B, Tk) or None
+        log_a = self.copy.log_weights(x, keys, key_mask, None if handover is None else handover.unsqueeze(1))
         log_vocab = torch.log_softmax(self.head(x).float(), dim=-1) + log_a[..., :1]  # (B, Tq, V)
         p_copy = torch.zeros_like(log_vocab).scatter_add_(  # copy mass gathered per vocabulary id
             -1, ids.unsqueeze(1).expand(-1, x.shape[1], -1), log_a[..., 1:].exp())
@@ -323,10 +338,7 @@ class GPT(nn.Module):
         T = idx.shape[1]
         keys = self.copy.value_keys(self.copy.keys(hidden[:, :-1], emb[:, :-1]), emb[:, 1:])
         key_mask = torch.ones(T, T - 1, dtype=torch.bool, device=idx.device).tril(diagonal=-self.cfg.copy_min_gap)
-        key_mask = key_mask.unsqueeze(0)
-        if self.copy.blocked is not None:
-            key_mask = key_mask & self.copy.pointable(idx[:, 1:]).unsqueeze(1)  # (B, T, T-1)
-        return keys, idx[:, 1:], key_mask
+        return keys, idx[:, 1:], key_mask.unsqueeze(0)
 
     def _cached_copy_slots(self, idx, hidden, emb, valid, cache: KVCache):
         """Write the new slots' copy keys into the cache; -> keys (B, Tk, dc), ids (B, Tk), key_mask (B, T, Tk)."""
@@ -335,7 +347,7 @@ class GPT(nn.Module):
         prev_valid = torch.cat([c.next_valid.unsqueeze(1), valid[:, :-1]], dim=1)  # (B, T)
         c.k[:, start : start + T] = self.copy.value_keys(new_k, emb)
         c.ids[:, start : start + T] = idx
-        c.key_valid[:, start : start + T] = valid & prev_valid & self.copy.pointable(idx)
+        c.key_valid[:, start : start + T] = valid & prev_valid
         c.next_k = self.copy.keys(hidden[:, -1:], emb[:, -1:]).squeeze(1)
         c.next_valid = valid[:, -1].clone()
         causal = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start + 1 - self.cfg.copy_min_gap)
@@ -352,7 +364,11 @@ class GPT(nn.Module):
             return zeros, zeros + NO_COPY
         keys, ids, key_mask = self._copy_slots(idx, hidden, self.wte(idx))
         match = (ids.unsqueeze(1) == targets.unsqueeze(2)) & key_mask  # (B, T, T-1)
-        return self.copy.log_terms(hidden, keys, key_mask, match)
+        handover = self.copy.handover(ids)
+        if handover is None:
+            return self.copy.log_terms(hidden, keys, key_mask, match)
+        handover = key_mask & handover.unsqueeze(1)
+        return self.copy.log_terms(hidden, keys, key_mask, match & ~handover, handover)
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -126,8 +126,8 @@ class PicoCopyHead(nn.Module):
     """Pointer-generator copy head with a sentinel. At query t it scores the sentinel, s_t0 = w · h_t + b, and every
     earlier slot j, s_tj = q(h_t) · k_j / sqrt(dc) with k_j = k_hidden(h_{j-1}) + k_embed(wte(x_{j-1}))
     [+ k_value(wte(x_j))]; a_t = softmax(s_t) mixes the vocabulary distribution (weight a_t0) with copying x_j
-    (weight a_tj). h is the final (ln_f) hidden state. Without `copy_line_breaks` no slot whose token is in
-    `blocked` (saved with the weights) is pointed at."""
+    (weight a_tj). h is the final (ln_f) hidden state. Without `copy_line_breaks` a slot whose token is in
+    `blocked` (saved with the weights) copies nothing: its weight goes to the vocabulary side."""
 
     def __init__(self, config: PicoConfig):
         super().__init__()
@@ -146,13 +146,21 @@ class PicoCopyHead(nn.Module):
         keys = self.k_hidden(hidden[:, :-1]) + self.k_embed(emb[:, :-1])
         return keys if self.k_value is None else keys + self.k_value(emb[:, 1:])
 
-    def log_weights(self, hidden: torch.Tensor, keys: torch.Tensor, slot_mask: torch.Tensor) -> torch.Tensor:
-        """log a (B, Tq, 1 + Tk) in fp32: column 0 the sentinel, column 1 + i slot i of `keys`."""
+    def log_weights(self, hidden: torch.Tensor, keys: torch.Tensor, slot_mask: torch.Tensor,
+                    handover: torch.Tensor | None = None) -> torch.Tensor:
+        """log a (B, Tq, 1 + Tk) in fp32: column 0 the vocabulary side (the sentinel, plus the slots in `handover`,
+        which are then -inf), column 1 + i slot i of `keys`."""
         q = self.q(hidden)
         scores = ((q @ keys.transpose(1, 2)) / math.sqrt(q.shape[-1])).float()
         scores = scores.masked_fill(~slot_mask, float("-inf"))  # the sentinel keeps every row finite
         sentinel = self.sentinel(hidden).float()
-        return torch.log_softmax(torch.cat([sentinel, scores], dim=-1), dim=-1)
+        log_a = torch.log_softmax(torch.cat([sentinel, scores], dim=-1), dim=-1)
+        if handover is None:
+            return log_a
+        handover = handover & slot_mask
+        handed = log_a[..., 1:].masked_fill(~handover, -1e4).logsumexp(dim=-1, keepdim=True)  # -1e4: finite grads
+        return torch.cat([torch.logaddexp(log_a[..., :1], handed), log_a[..., 1:].masked_fill(handover, float("-inf"))],
+                         dim=-1)
 
 
 class PicoPreTrainedModel(PreTrainedModel):
@@ -268,9 +276,7 @@ class PicoForCausalLM(PicoPreTrainedModel, GenerationMixin):
         """The copy mixture's log-probs at the kept query positions."""
         T = input_ids.shape[1]
         keys = self.copy.slot_keys(hidden, self.transformer.wte(input_ids))  # (B, T-1, dc)
-        slot_mask = copy_slot_mask(valid, T, self.config.copy_min_gap, input_ids.device)
-        if self.copy.blocked is not None:
-            slot_mask = slot_mask & ~self.copy.blocked[input_ids[:, 1:]].unsqueeze(1)
-        slot_mask = slot_mask[:, keep]
-        log_weights = self.copy.log_weights(hidden[:, keep], keys, slot_mask)
+        slot_mask = copy_slot_mask(valid, T, self.config.copy_min_gap, input_ids.device)[:, keep]
+        handover = None if self.copy.blocked is None else self.copy.blocked[input_ids[:, 1:]].unsqueeze(1)
+        log_weights = self.copy.log_weights(hidden[:, keep], keys, slot_mask, handover)
         return copy_mixture(vocab_logits, log_weights, input_ids[:, 1:])
