@@ -70,8 +70,8 @@ class ModelConfig(Section):
     copy_dim: int = knob("copy head: width of its queries and keys", "[1, 4096]")
     copy_value_key: bool = knob("copy head: a slot's key also sees the token it would copy (copying can stop)")
     copy_min_gap: int = knob("copy head: points only at tokens at least this far back (a loop guard)", "[1, 4096]")
-    copy_line_breaks: bool = knob("copy head: may point at tokens holding a line break (false: the vocabulary "
-                                  "side alone writes them, so a copy cannot run on into the prompt's next line)")
+    copy_line_breaks: bool = knob("copy head: may copy tokens holding a line break (false: a slot holding one hands "
+                                  "its weight to the vocabulary side, so a copy stops at the end of a prompt's line)")
 
     def validate(self) -> None:
         if self.type == "transformer":
@@ -124,9 +124,9 @@ class SFTConfig(FinetuneConfig):
     KEY = "sft"
     copy_share: float = knob("induction rows added to each batch, x its rows (copy_rows.py); 0 = off", "[0, 1]")
     copy_stop: bool = knob("induction rows end each copy on a different token, in the loss: copies learn to stop")
-    copy_line_breaks: bool = knob("false: from SFT's first step on the copy head may not copy a line break (the "
-                                  "base model keeps copying them; model.copy_line_breaks: false blocks them from "
-                                  "pretraining on); true: the head as the base model has it")
+    copy_line_breaks: bool = knob("false: from SFT's first step on the copy head hands line breaks to the "
+                                  "vocabulary side (model.copy_line_breaks: false; the base checkpoint stays as it "
+                                  "was); true: the head as the base model has it")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -244,8 +244,8 @@ class GPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     def block_copies(self, ids: list[int]) -> None:
-        """Set the tokens the copy head may not point at (`copy_line_breaks: false`; pretraining sets them once,
-        from the tokenizer, and checkpoints carry them)."""
+        """Set the tokens the copy head does not copy, their slots' weight going to the vocabulary side
+        (`copy_line_breaks: false`; set once from the tokenizer, and checkpoints carry them)."""
         if self.copy is None or self.copy.blocked is None:
             raise ValueError("block_copies: this model's copy head copies every token (model.copy_line_breaks: true)")
         if not ids:

@@ -65,14 +65,16 @@ def _encode(cfg: FinetuneConfig, parent: Checkpoint, encode, tok: Tokenizer, spl
 
 
 def without_line_break_copies(parent: Checkpoint, tok: Tokenizer) -> Checkpoint:
-    """The parent model with a copy head that may not copy line breaks (`model.copy_line_breaks: false`), the
-    same weights otherwise; a parent without a copy head, or already blocking them, is returned as it is."""
+    """The parent model with a copy head that hands line breaks to the vocabulary side (`model.copy_line_breaks:
+    false`), the same weights otherwise; a parent without a copy head, or already blocking them, is returned as
+    it is."""
     if not parent.model_cfg.copy_head or not parent.model_cfg.copy_line_breaks:
         return parent
     cfg = replace(parent.model_cfg, copy_line_breaks=False)
     model = build_model(cfg, unwrap(parent.model).vocab_size)
     missing, unexpected = model.load_state_dict(unwrap(parent.model).state_dict(), strict=False)
-    assert missing == ["copy.blocked"] and not unexpected, (missing, unexpected)
+    if missing != ["copy.blocked"] or unexpected:  # only the new buffer may differ
+        raise RuntimeError(f"without_line_break_copies: weights missing {missing}, unexpected {unexpected}")
     model.block_copies(tok.line_break_ids())
     return Checkpoint(model.to(unwrap(parent.model).wte.weight.device), cfg, parent.meta, parent.digest)
 
