@@ -320,3 +320,13 @@ def test_sft_without_line_break_copies_keeps_the_weights_and_blocks_them(tok):
         text_only = ids[:, :3]  # no line break in reach: the same distribution
         assert torch.allclose(child.model(text_only), parent.model(text_only), atol=1e-6)
     assert without_line_break_copies(child, tok) is child  # already blocking: as it is
+
+
+@pytest.mark.parametrize("kind", ["lstm", "kgram_mlp"])
+def test_models_without_a_copy_head_go_through_sft_without_line_break_copies_unchanged(tok, kind):
+    from pico.checkpoint import Checkpoint
+    from pico.recipes.finetune import without_line_break_copies
+
+    cfg = config("model", type=kind, d_model=32, n_layer=1, n_head=2, max_seq_len=64)
+    parent = Checkpoint(build_model(cfg, tok.vocab_size), cfg, {}, "abc")
+    assert without_line_break_copies(parent, tok) is parent

@@ -68,7 +68,8 @@ def without_line_break_copies(parent: Checkpoint, tok: Tokenizer) -> Checkpoint:
     """The parent model with a copy head that hands line breaks to the vocabulary side (`model.copy_line_breaks:
     false`), the same weights otherwise; a parent without a copy head, or already blocking them, is returned as
     it is."""
-    if not parent.model_cfg.copy_head or not parent.model_cfg.copy_line_breaks:
+    head = getattr(unwrap(parent.model), "copy", None)  # None: no copy head (an LSTM or k-gram model has none)
+    if head is None or head.blocked is not None:
         return parent
     cfg = replace(parent.model_cfg, copy_line_breaks=False)
     model = build_model(cfg, unwrap(parent.model).vocab_size)

@@ -33,7 +33,7 @@ def pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, tok: Tokenizer, train_
     evaluate = functools.partial(lm_metrics, batches=val_batches, device=device, dtype=dtype)
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg, tok.vocab_size)
-    if model_cfg.copy_head and not model_cfg.copy_line_breaks:
+    if getattr(model, "copy", None) is not None and not model_cfg.copy_line_breaks:  # a transformer's copy head
         model.block_copies(tok.line_break_ids())
     run_id = fingerprint("pretrain", asdict(cfg), asdict(model_cfg), tok.hash, hashlib.sha256(train_tokens).hexdigest())
     get_batch = train_windows.train_batch
