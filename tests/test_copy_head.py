@@ -314,11 +314,12 @@ def test_sft_without_line_break_copies_keeps_the_weights_and_blocks_them(tok):
     assert child.model.copy.blocked.nonzero().flatten().tolist() == tok.line_break_ids()
     same = {k: v for k, v in child.model.state_dict().items() if k != "copy.blocked"}
     assert all(torch.equal(v, parent.model.state_dict()[k]) for k, v in same.items())
-    ids = torch.tensor([tok.encode("It was late.\nThe door opened.\nIt was late.\nThe door")])
+    ids = torch.tensor([tok.encode("It was late.\nThe door opened.\n" * 3)])
+    text_only = torch.tensor([tok.encode("It was late. The door opened. " * 3)])
+    assert ids.shape[1] > 20 and text_only.shape[1] > 20  # past copy_min_gap: the head has slots to point at
     with torch.no_grad():
         assert torch.allclose(child.model(ids), parent.model(ids), atol=1e-3) is False  # the line breaks matter
-        text_only = ids[:, :3]  # no line break in reach: the same distribution
-        assert torch.allclose(child.model(text_only), parent.model(text_only), atol=1e-6)
+        assert torch.allclose(child.model(text_only), parent.model(text_only), atol=1e-5)  # nothing else does
     assert without_line_break_copies(child, tok) is child  # already blocking: as it is
 
 
