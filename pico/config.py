@@ -144,6 +144,9 @@ class OnPolicyConfig(Section):
     cut_pairs: float = knob("share of rebuilt rows that also get a pair whose rejected is their chosen story with a "
                             "copied value broken: cut short, a word broken, or its tail said twice "
                             "(`pico.pairs.value_cut_story`)", "[0, 1]")
+    article_pairs: float = knob("share of rebuilt rows that also get a pair whose rejected is their chosen story with "
+                                "the article before a copied value swapped, 'a iron bell' "
+                                "(`pico.pairs.article_swapped_story`)", "[0, 1]")
     temperature: float = knob("sampling temperature", "(0, 100]")
     top_p: float = knob("nucleus mass (1 = off)", "(0, 1]")
     max_new_tokens: int = knob("story length cap in tokens", "(0, inf)")
@@ -152,7 +155,7 @@ class OnPolicyConfig(Section):
 
     def sampling_settings(self) -> dict:
         """What decides the stories sampled: every knob but those that only pick among them or add pairs to them."""
-        return {k: v for k, v in asdict(self).items() if k not in ("chosen", "rejected", "cut_pairs")}
+        return {k: v for k, v in asdict(self).items() if k not in ("chosen", "rejected", "cut_pairs", "article_pairs")}
 
 
 @dataclass(frozen=True, kw_only=True)

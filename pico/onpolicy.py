@@ -24,7 +24,7 @@ from pico.checks import check_story, failed_checks
 from pico.config import DPOConfig, OnPolicyConfig
 from pico.device import resolve_device, resolve_precision
 from pico.errors import DataError
-from pico.pairs import value_cut_story
+from pico.pairs import article_swapped_story, value_cut_story
 from pico.prompt import encode_prompt
 from pico.sampling import SamplingConfig, sample
 from pico.spec import Spec
@@ -104,7 +104,9 @@ def onpolicy_rows(model: nn.Module, tok: Tokenizer, rows: list[dict], split: str
     sample is dropped: a template story against the model's own teaches style, not the task (RESEARCH.md 34c).
     With `cut_pairs`, a share of the kept rows also get a second pair, appended after the rows: their chosen story
     against itself with one copied value broken (`pico.pairs.value_cut_story`: cut short, broken mid-word or its
-    tail said twice), so DPO's gradient lands where a copy must go on or stop."""
+    tail said twice), so DPO's gradient lands where a copy must go on or stop; with `article_pairs`, a third pair
+    whose rejected is the chosen story with the article before a copied value swapped ("a iron bell"), where the
+    SFT model writes the article itself and copies the rest."""
     picked = picked_rows(len(rows), cfg.share, seed, split)
     texts = earlier_texts(list(earlier), split, picked, cfg.samples)
     if texts is not None:
@@ -139,6 +141,16 @@ def onpolicy_rows(model: nn.Module, tok: Tokenizer, rows: list[dict], split: str
             out.append({**rows_now[i], "rejected": cut, "pair_kind": "value_cut",
                         "rejected_failed": failed_checks(check_story(cut, spec))})
             kinds["value_cut"] += 1
+    for i in picked if cfg.article_pairs > 0 else []:
+        rng = random.Random(f"{seed}/onpolicy/{split}/{i}/article")
+        if i in dropped or rng.random() >= cfg.article_pairs:
+            continue
+        spec = Spec.from_dict(rows_now[i]["spec"])
+        swapped = article_swapped_story(rows_now[i]["chosen"], spec, rng)
+        if swapped is not None:
+            out.append({**rows_now[i], "rejected": swapped, "pair_kind": "article_swap",
+                        "rejected_failed": failed_checks(check_story(swapped, spec))})
+            kinds["article_swap"] += 1
     if not out:
         raise DataError(f"dpo.onpolicy.chosen: self_only left no {split} pair: no {split} prompt had both a story "
                         f"the checker passes and one it fails in {cfg.samples} samples; raise dpo.onpolicy.samples "

@@ -1,18 +1,21 @@
 """Rejected stories made from a chosen one by breaking one copied value, the ways small models break them: a value's
 tail said twice ("after sunset after sunset"), a value cut words short ("the storm outside is only inside."), a
-copied word broken off ("a red umbre"). A pair of the two differs only where the copy must go on or stop, so
-DPO's gradient lands there. Used by `generate` (`stutter_pairs`) and by the dpo stage (`dpo.onpolicy.cut_pairs`).
+copied word broken off ("a red umbre"), the article before it swapped ("a iron bell"). A pair of the two differs
+only where the copy must go on, stop or start, so DPO's gradient lands there. Used by `generate` (`stutter_pairs`)
+and by the dpo stage (`dpo.onpolicy.cut_pairs`, `dpo.onpolicy.article_pairs`).
 """
 
 from __future__ import annotations
 
 import random
+import re
 from typing import Callable
 
 from pico.checks import check_story, failed_checks
 from pico.spec import Spec
 from pico.stories import cap, the
 
+ARTICLE_FIELDS = ("object", "setting", "supporting", "taboo", "twist")  # values that may open with "a"/"an"
 WORD_FIELDS = ("object", "taboo", "twist")  # the fields a story quotes whole, whose ends the model must find
 VALUE_CHECK = {"object": "object_used", "taboo": "taboo_present", "twist": "twist_present"}  # WORD_FIELDS' checks
 
@@ -112,3 +115,29 @@ def value_cut_story(story: str, spec: Spec, rng: random.Random) -> str | None:
     kinds = [words_cut, word_broken, stutter]
     rng.shuffle(kinds)
     return next((out for kind in kinds if (out := kind()) is not None), None)
+
+
+def article_swapped(story: str, value: str) -> str | None:
+    """`story` with "a" and "an" swapped where it first writes `value`'s words after an article ("found a iron bell"
+    for "an iron bell"), the way small models write the article themselves and copy the rest; None where `value`
+    does not open with "a"/"an" or the story never writes it after one."""
+    head, _, core = value.partition(" ")
+    if head.lower() not in ("a", "an") or not core:
+        return None
+    m = re.search(r"(?<![A-Za-z'])(an?|An?) " + re.escape(core) + r"(?![A-Za-z])", story)
+    if m is None:
+        return None
+    swapped = {"a": "an", "an": "a", "A": "An", "An": "A"}[m.group(1)]
+    return story[: m.start(1)] + swapped + story[m.end(1):]
+
+
+def article_swapped_story(story: str, spec: Spec, rng: random.Random) -> str | None:
+    """`story` (which passes every check) with the article before one copied value swapped (`article_swapped`, its
+    fields in a random order by `rng`), where the checker then fails only `fluent`; None where no value's does."""
+    fields = list(ARTICLE_FIELDS)
+    rng.shuffle(fields)
+    for f in fields:
+        out = article_swapped(story, getattr(spec, f))
+        if out is not None and failed_checks(check_story(out, spec)) == ["fluent"]:
+            return out
+    return None

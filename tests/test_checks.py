@@ -238,6 +238,36 @@ def test_a_value_or_name_copied_in_pieces_is_not_fluent():
     assert "fluent" not in failed(good.replace("Mina held", "In the housekeeper's room Mina held"), house)
 
 
+def test_a_name_cut_to_a_common_word_is_not_fluent():
+    # what the models write when a name's copy stops early on an English word ("Tom" for Tomas): where the word cannot
+    # be a sentence's capitalized opener it is a piece of the name
+    spec = Spec(**{**SPEC.to_dict(), "protagonist": "Tomas"})
+    good = GOOD.replace("Mina", "Tomas")
+    assert failed(good, spec) == []
+    cut = good.replace("Agnes gave her", "Agnes gave Tom")
+    assert failed(cut, spec) == ["fluent"]
+    assert "a word of the spec broken: Tom (Tomas)" in explain_story(cut, spec)["fluent"]
+    # the same word opening a sentence or a quotation may be the telling's own ("Ever since", "Max said")
+    everett = Spec(**{**SPEC.to_dict(), "protagonist": "Everett"})
+    opener = GOOD.replace("Mina", "Everett").replace("At three,", 'Ever since three, "Ever')
+    assert "fluent" not in failed(opener, everett)
+    assert failed(GOOD.replace("Agnes gave her", "Mr. Quill gave her"),  # a title is not a piece of another
+                  Spec(**{**SPEC.to_dict(), "supporting": "Mrs. Okafor"})) == []
+
+
+def test_an_article_that_does_not_fit_its_word_is_not_fluent():
+    from pico.checks import wrong_articles
+
+    assert wrong_articles("She found a iron bell and an silver locket.") == ["a iron", "an silver"]
+    fitting = ("an hourglass, a unicorn, a one-eyed cat, an X-ray, a UFO, an honest man, a European, an uninvited "
+               "guest, an historic house, a historic house. A owl")
+    assert wrong_articles(fitting) == ["A owl"]  # a capital A opening a sentence is the article
+    assert wrong_articles("plan A is") == [] and wrong_articles("Row A of an old house") == []
+    wrong = GOOD.replace("her a pocket watch", "her an pocket watch")
+    assert failed(wrong) == ["fluent"]
+    assert "an article that does not fit its word: an pocket" in explain_story(wrong, SPEC)["fluent"]
+
+
 def test_a_line_broken_off_mid_sentence_is_not_fluent():
     broken = GOOD.replace("Mina held the pocket watch and did not move.",
                           "Mina held the pocket watch\nShe did not move.")

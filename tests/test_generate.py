@@ -586,6 +586,26 @@ def test_a_value_broken_fails_exactly_its_own_check():
     assert broken_word("A cat sat.", "a cat", random.Random(0)) is None  # no word of 5 letters to break
 
 
+def test_an_article_swapped_fails_only_fluent():
+    from pico.pairs import article_swapped, article_swapped_story
+
+    assert article_swapped("Kai found an iron bell. The iron bell rang.", "an iron bell") == \
+        "Kai found a iron bell. The iron bell rang."
+    assert article_swapped("A brass key lay there.", "a brass key") == "An brass key lay there."
+    assert article_swapped("The brass key lay there.", "a brass key") is None  # never written after an article
+    assert article_swapped("Never whistle.", "never whistle") is None  # a value without an article
+    spec = Spec("The Quiet Floor", "a museum after closing time", "Mina", "Captain Rooke", "an iron bell",
+                "never whistle after sunset", "the snow is falling upward")
+    swapped = 0
+    for seed in range(12):
+        row = template_row("dpo", spec, random.Random(seed), "easy")
+        out = article_swapped_story(row["chosen"], spec, random.Random(seed))
+        if out is not None:
+            swapped += 1
+            assert failed_checks(check_story(out, spec)) == ["fluent"] and abs(len(out) - len(row["chosen"])) == 1
+    assert swapped > 6
+
+
 def test_stutter_pairs_touch_train_and_valid_dpo_only_and_zero_changes_nothing():
     from pico.generate import PAIR_KIND_STUTTER
 

@@ -130,6 +130,27 @@ def test_cut_pairs_add_the_chosen_story_against_itself_with_a_value_cut_short(sf
         p for p in extra if p in half[0]]  # a row's draw is its own
 
 
+def test_article_pairs_add_the_chosen_story_against_itself_with_an_article_swapped(sft_model, tok):
+    rows = dpo_rows(8)
+    base = dataclasses.replace(config("dpo").onpolicy, share=1.0, samples=2, max_new_tokens=16, cut_pairs=0.0,
+                               article_pairs=0.0)
+    kwargs = dict(batch_size=8, device=torch.device("cpu"), dtype=torch.float32)
+    plain, records, counts = onpolicy_rows(sft_model.model, tok, rows, "train", base, 7, **kwargs)
+    assert "article_swap" not in counts["pairs"]
+    out, art_records, art_counts = onpolicy_rows(sft_model.model, tok, rows, "train",
+                                                 dataclasses.replace(base, article_pairs=1.0), 7, **kwargs)
+    assert out[: len(plain)] == plain and art_records == records  # the same samples and pairs, then the swapped ones
+    extra = out[len(plain):]
+    assert 0 < len(extra) == art_counts["pairs"]["article_swap"]
+    for pair in extra:
+        row = next(r for r in plain if r["prompt"] == pair["prompt"])
+        assert pair["pair_kind"] == "article_swap" and pair["chosen"] == row["chosen"]
+        assert pair["rejected_failed"] == ["fluent"] == failed_checks(check_story(pair["rejected"],
+                                                                                  Spec.from_dict(pair["spec"])))
+        diff = [(a, b) for a, b in zip(pair["chosen"].split(), pair["rejected"].split()) if a != b]
+        assert len(diff) == 1 and {diff[0][0].lower(), diff[0][1].lower()} == {"a", "an"}
+
+
 def test_onpolicy_pairs_at_share_zero_samples_nothing(sft_model, tok):
     rows = {"train": dpo_rows(3), "valid": dpo_rows(2)}
     cfg = config("dpo")
