@@ -508,7 +508,8 @@ def broken_copies(text: str, spec: Spec) -> list[str]:
                 run_on = word.startswith(want) and rest not in INFLECTIONS and not compound  # "housemistress"
                 if cut or run_on:
                     found.append(f"{word} ({want})")
-    names = {w for f in ("protagonist", "supporting") for w in _LETTERS_RE.findall(getattr(spec, f)) if w[0].isupper()}
+    names = sorted({w for f in ("protagonist", "supporting") for w in _LETTERS_RE.findall(getattr(spec, f))
+                    if w[0].isupper()})
     for m in _LETTERS_RE.finditer(text):
         tok = m.group(0)
         if tok.lower() in spec_words or not tok[0].isupper() or len(tok) < 2 or tok.lower() in _TITLES:
