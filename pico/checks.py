@@ -535,8 +535,8 @@ def _opens_sentence(text: str, i: int) -> bool:
 
 # "a"/"an" go by the sound a word starts with; the spelling's exceptions. Words either article may take in
 # good English ("an historic", "an hotel", "a herb") are left alone.
-CONSONANT_SOUND_STARTS = ("unic", "unif", "uniq", "unit", "univ", "union", "unis", "use", "usu", "ute", "uti",
-                          "ure", "uku", "eu", "ewe", "one", "once")
+CONSONANT_SOUND_STARTS = ("unic", "unif", "uniq", "unit", "univ", "union", "unis", "unan", "use", "usu", "ute",
+                          "uti", "uto", "ure", "uran", "urol", "ubiq", "uku", "ukr", "eu", "ewe", "one", "once", "oui")
 VOWEL_SOUND_STARTS = ("hour", "honest", "honor", "honour", "heir")
 EITHER_ARTICLE_STARTS = ("histor", "hotel", "herb")
 _ARTICLE_RE = re.compile(r"(?<![A-Za-z'])(an?|An?)\s+([A-Za-z][A-Za-z'-]*)")
@@ -552,8 +552,9 @@ def wrong_articles(text: str) -> list[str]:
         low = word.lower()
         if article[0] == "A" and not _opens_sentence(text, m.start()):
             continue  # a capital A inside a sentence is a letter ("plan A is")
-        if (word.isupper() and len(word) <= 4) or re.match(r"[A-Za-z]-", word) or low.startswith(EITHER_ARTICLE_STARTS):
-            continue
+        if (len(word) == 1 or (word.isupper() and len(word) <= 4) or re.match(r"[A-Za-z]-", word)
+                or low.startswith(EITHER_ARTICLE_STARTS)):
+            continue  # a letter ("an x"), an acronym, or a word that takes either
         vowel = low[0] in "aeiou"
         if vowel and low.startswith(CONSONANT_SOUND_STARTS):
             vowel = False

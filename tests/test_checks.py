@@ -260,7 +260,8 @@ def test_an_article_that_does_not_fit_its_word_is_not_fluent():
 
     assert wrong_articles("She found a iron bell and an silver locket.") == ["a iron", "an silver"]
     fitting = ("an hourglass, a unicorn, a one-eyed cat, an X-ray, a UFO, an honest man, a European, an uninvited "
-               "guest, an historic house, a historic house. A owl")
+               "guest, an historic house, a historic house, a utopia, a Ukrainian song, a unanimous vote, a Ouija "
+               "board, a uranium mine, an x on the map. A owl")
     assert wrong_articles(fitting) == ["A owl"]  # a capital A opening a sentence is the article
     assert wrong_articles("plan A is") == [] and wrong_articles("Row A of an old house") == []
     wrong = GOOD.replace("her a pocket watch", "her an pocket watch")
