@@ -131,26 +131,20 @@ def onpolicy_rows(model: nn.Module, tok: Tokenizer, rows: list[dict], split: str
                      "passed_all": not s["failed"]} for k, s in enumerate(stories)]
     rows_now = list(out)
     out = [row for i, row in enumerate(out) if i not in dropped]
-    for i in picked if cfg.cut_pairs > 0 else []:
-        rng = random.Random(f"{seed}/onpolicy/{split}/{i}/cut")
-        if i in dropped or rng.random() >= cfg.cut_pairs:
-            continue
-        spec = Spec.from_dict(rows_now[i]["spec"])
-        cut = value_cut_story(rows_now[i]["chosen"], spec, rng)
-        if cut is not None:
-            out.append({**rows_now[i], "rejected": cut, "pair_kind": "value_cut",
-                        "rejected_failed": failed_checks(check_story(cut, spec))})
-            kinds["value_cut"] += 1
-    for i in picked if cfg.article_pairs > 0 else []:
-        rng = random.Random(f"{seed}/onpolicy/{split}/{i}/article")
-        if i in dropped or rng.random() >= cfg.article_pairs:
-            continue
-        spec = Spec.from_dict(rows_now[i]["spec"])
-        swapped = article_swapped_story(rows_now[i]["chosen"], spec, rng)
-        if swapped is not None:
-            out.append({**rows_now[i], "rejected": swapped, "pair_kind": "article_swap",
-                        "rejected_failed": failed_checks(check_story(swapped, spec))})
-            kinds["article_swap"] += 1
+    # pairs of a kept row's chosen story against itself edited (value_cut_story, article_swapped_story), each kind
+    # drawn per row from its own stream so one kind's share does not move another's rows
+    for kind, share, tag, edit in (("value_cut", cfg.cut_pairs, "cut", value_cut_story),
+                                   ("article_swap", cfg.article_pairs, "article", article_swapped_story)):
+        for i in picked if share > 0 else []:
+            rng = random.Random(f"{seed}/onpolicy/{split}/{i}/{tag}")
+            if i in dropped or rng.random() >= share:
+                continue
+            spec = Spec.from_dict(rows_now[i]["spec"])
+            edited = edit(rows_now[i]["chosen"], spec, rng)
+            if edited is not None:
+                out.append({**rows_now[i], "rejected": edited, "pair_kind": kind,
+                            "rejected_failed": failed_checks(check_story(edited, spec))})
+                kinds[kind] += 1
     if not out:
         raise DataError(f"dpo.onpolicy.chosen: self_only left no {split} pair: no {split} prompt had both a story "
                         f"the checker passes and one it fails in {cfg.samples} samples; raise dpo.onpolicy.samples "
