@@ -33,8 +33,9 @@ def main(argv: list[str]) -> int:
     prompt = read_jsonl(rows_path, required=("prompt",))[row]["prompt"]
     idx = torch.tensor([encode_prompt(tok, prompt) + tok.encode(prefix)])
     hidden = model(idx, return_hidden=True)
-    keys, slot_ids, key_mask = model._copy_slots(idx, hidden, model.wte(idx))
-    log_a = model.copy.log_weights(hidden[:, -1:], keys, key_mask[:, -1:])[0, 0]
+    keys, slot_ids, key_mask, history = model._copy_slots(idx, hidden, model.wte(idx))
+    history = None if history is None else (history[0][:, -1:], history[1])
+    log_a = model.copy.log_weights(hidden[:, -1:], keys, key_mask[:, -1:], history=history)[0, 0]
     print(f"after {prefix!r}: vocabulary side weight {float(log_a[0].exp()):.3f}")
     print("  vocabulary side:", top(tok, torch.softmax(model.head(hidden[0, -1]), -1)))
     print("  copy slots:     ", top(tok, log_a[1:].exp(), slot_ids[0]))

@@ -70,12 +70,12 @@ def mask_newline_slots(newline_ids: torch.Tensor) -> None:
     plain, cached = pico.model.GPT._copy_slots, pico.model.GPT._cached_copy_slots
 
     def copy_slots(self, *args):
-        keys, ids, key_mask = plain(self, *args)
-        return keys, ids, key_mask & ~torch.isin(ids, newline_ids)[:, None, :]
+        keys, ids, key_mask, history = plain(self, *args)
+        return keys, ids, key_mask & ~torch.isin(ids, newline_ids)[:, None, :], history
 
     def cached_copy_slots(self, *args):
-        keys, ids, key_mask = cached(self, *args)
-        return keys, ids, key_mask & ~torch.isin(ids, newline_ids)[:, None, :]
+        keys, ids, key_mask, history = cached(self, *args)
+        return keys, ids, key_mask & ~torch.isin(ids, newline_ids)[:, None, :], history
 
     pico.model.GPT._copy_slots, pico.model.GPT._cached_copy_slots = copy_slots, cached_copy_slots
 

@@ -70,6 +70,9 @@ class ModelConfig(Section):
     copy_dim: int = knob("copy head: width of its queries and keys", "[1, 4096]")
     copy_value_key: bool = knob("copy head: a slot's key also sees the token it would copy (copying can stop)")
     copy_min_gap: int = knob("copy head: points only at tokens at least this far back (a loop guard)", "[1, 4096]")
+    copy_match: int = knob("copy head: exact-match features of this order (0 = off): a slot scores higher where the "
+                           "1..n tokens before it equal the last 1..n tokens, by a learned, state-dependent amount",
+                           "[0, 8]")
     copy_line_breaks: bool = knob("copy head: may copy tokens holding a line break (false: a slot holding one hands "
                                   "its weight to the vocabulary side, so a copy stops at the end of a prompt's line)")
 

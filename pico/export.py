@@ -41,7 +41,8 @@ Tensors = dict[str, torch.Tensor]
 GPT2_SETTINGS: dict[str, object] = {"type": "transformer", "d_model": None, "n_layer": None, "n_head": None,
                                     "max_seq_len": None, "dropout": None, "k": None, "mlp_ratio": None,
                                     "pos_encoding": "learned", "copy_head": False, "copy_dim": None,
-                                    "copy_value_key": None, "copy_min_gap": None, "copy_line_breaks": None}
+                                    "copy_value_key": None, "copy_min_gap": None, "copy_line_breaks": None,
+                                    "copy_match": None}
 
 
 def unsupported_settings(cfg: ModelConfig, settings: dict[str, object]) -> list[str]:
@@ -142,7 +143,8 @@ PICO_AUTO_MAP = {"AutoConfig": "configuration_pico.PicoConfig", "AutoModelForCau
 PICO_SETTINGS: dict[str, object] = {"type": "transformer", "d_model": None, "n_layer": None, "n_head": None,
                                     "max_seq_len": None, "dropout": None, "k": None, "mlp_ratio": None,
                                     "pos_encoding": None, "copy_head": None, "copy_dim": None,
-                                    "copy_value_key": None, "copy_min_gap": None, "copy_line_breaks": None}
+                                    "copy_value_key": None, "copy_min_gap": None, "copy_line_breaks": None,
+                                    "copy_match": 0}  # PicoForCausalLM has no match terms yet
 PICO_UNUSED_SETTINGS = ("type", "k")  # `type` is the architecture itself; `k` is the k-gram model's
 
 

@@ -146,11 +146,15 @@ class CopyHead(nn.Module):
         s_t0 = w · h_t + b                                              the vocabulary side
         s_tj = q(h_t) · k_j / sqrt(dc),  k_j = k_h(h_{j-1}) + k_e(wte(x_{j-1}))   "x_j followed what I see now"
                                          [+ k_v(wte(x_j)) with copy_value_key]  "and x_j is worth copying"
+               [+ sum_{m=1..n} g_m(h_t) · [x_{t-i} = x_{j-1-i} for i < m]  with copy_match = n]
                for j <= t + 1 - copy_min_gap
         a_t  = softmax(s_t)
         p(y | x_<=t) = a_t0 · softmax(head(h_t))[y] + sum_{j: x_j = y} a_tj
 
-    h is the final (ln_f) hidden state. Slot 0 has nothing before it and is never pointed at. Without
+    h is the final (ln_f) hidden state. Slot 0 has nothing before it and is never pointed at. The match terms
+    (`copy_match`) are exact: slot j gains g_m(h_t) where the m tokens before it equal the last m tokens read,
+    so a copy under way continues from the slot that follows what it has copied so far, whatever the key's
+    learned part confuses it with (g_m, learned, lets the state decide how much an exact match counts). Without
     `copy_line_breaks`, a slot whose token is in `blocked` (the tokens holding a line break, set from the tokenizer
     by `GPT.block_copies` and saved with the weights) copies nothing: its weight goes to the vocabulary side,
 
@@ -168,6 +172,7 @@ class CopyHead(nn.Module):
         self.k_embed = nn.Linear(d, dc, bias=False)
         self.k_value = nn.Linear(d, dc, bias=False) if cfg.copy_value_key else None
         self.sentinel = nn.Linear(d, 1, bias=True)
+        self.match_gate = nn.Linear(d, cfg.copy_match, bias=True) if cfg.copy_match else None
         # None (not saved) when every token may be copied
         self.register_buffer("blocked", None if cfg.copy_line_breaks else torch.zeros(vocab_size, dtype=torch.bool))
 
@@ -184,26 +189,35 @@ class CopyHead(nn.Module):
         """Add what slot j would copy, x_j's embedding (B, T, d), to its keys (B, T, dc) (`copy_value_key`)."""
         return keys if self.k_value is None else keys + self.k_value(emb)
 
-    def scores(self, hidden: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sentinel (B, Tq), slot scores (B, Tq, Tk)) in fp32."""
+    def scores(self, hidden: torch.Tensor, keys: torch.Tensor,
+               history: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sentinel (B, Tq), slot scores (B, Tq, Tk)) in fp32. `history` (`copy_match`): the ids read last
+        (B, Tq, n), x_t first, and the ids before each slot (B, Tk, n), x_{j-1} first (see `id_history`)."""
         q = self.q(hidden)
         slots = ((q @ keys.transpose(1, 2)) / math.sqrt(q.shape[-1])).float()
+        if self.match_gate is not None:
+            gates = self.match_gate(hidden).float()  # (B, Tq, n)
+            read, before = history
+            equal = torch.ones_like(slots, dtype=torch.bool)
+            for m in range(gates.shape[-1]):  # order m + 1: the last m + 1 tokens all match
+                equal = equal & (read[:, :, m].unsqueeze(2) == before[:, :, m].unsqueeze(1))
+                slots = slots + gates[..., m : m + 1] * equal
         return self.sentinel(hidden).squeeze(-1).float(), slots
 
     def log_terms(self, hidden: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor, match: torch.Tensor,
-                  handover: torch.Tensor | None = None):
+                  handover: torch.Tensor | None = None, history=None):
         """log of the vocabulary side's weight (a_t0, plus the slots in `handover`) and log sum_{j: match} a_tj,
         (B, Tq) each, by masked logsumexps (no (B, Tq, Tk) log-softmax). `match` holds no handover slot."""
-        sentinel, scores = self.scores(hidden, keys)
+        sentinel, scores = self.scores(hidden, keys, history)
         lse = torch.logaddexp(sentinel, masked_logsumexp(scores, key_mask, NO_COPY))
         gate = sentinel if handover is None else torch.logaddexp(sentinel, masked_logsumexp(scores, handover, NO_COPY))
         return gate - lse, masked_logsumexp(scores, match, NO_COPY) - lse
 
     def log_weights(self, hidden: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor,
-                    handover: torch.Tensor | None = None) -> torch.Tensor:
+                    handover: torch.Tensor | None = None, history=None) -> torch.Tensor:
         """log a (B, Tq, 1 + Tk): column 0 the vocabulary side (the sentinel, plus the slots in `handover`, which
         are then -inf), column 1 + i slot i of `keys`."""
-        sentinel, scores = self.scores(hidden, keys)
+        sentinel, scores = self.scores(hidden, keys, history)
         scores = scores.masked_fill(~key_mask, float("-inf"))  # the sentinel keeps every row finite
         log_a = torch.log_softmax(torch.cat([sentinel.unsqueeze(-1), scores], dim=-1), dim=-1)
         if handover is None:
@@ -211,6 +225,14 @@ class CopyHead(nn.Module):
         handover = handover & key_mask
         vocab = torch.logaddexp(log_a[..., 0], masked_logsumexp(log_a[..., 1:], handover, NO_COPY))  # finite grads
         return torch.cat([vocab.unsqueeze(-1), log_a[..., 1:].masked_fill(handover, float("-inf"))], dim=-1)
+
+
+def id_history(ids: torch.Tensor, n: int, none: int, real: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) ids -> (B, T, n): at position p, the ids at p, p-1, ..., p-n+1; `none` (a negative id, so never
+    equal to a token) where that is before the start or, with `real` (B, T) bool, a padding position."""
+    if real is not None:
+        ids = ids.masked_fill(~real, none)
+    return torch.stack([F.pad(ids, (m, 0), value=none)[:, : ids.shape[1]] for m in range(n)], dim=-1)
 
 
 class GPT(nn.Module):
@@ -319,11 +341,13 @@ class GPT(nn.Module):
             return x[:, -1:, :] if last_only else x
         if self.copy is None:
             return self.head(x[:, -1:, :] if last_only else x)
-        keys, ids, key_mask = copy_slots if cache is not None else self._copy_slots(idx, x, emb)
+        keys, ids, key_mask, history = copy_slots if cache is not None else self._copy_slots(idx, x, emb)
         if last_only:
             x, key_mask = x[:, -1:, :], key_mask[:, -1:, :]
+            history = None if history is None else (history[0][:, -1:], history[1])
         handover = self.copy.handover(ids)  # (B, Tk) or None
-        log_a = self.copy.log_weights(x, keys, key_mask, None if handover is None else handover.unsqueeze(1))
+        log_a = self.copy.log_weights(x, keys, key_mask, None if handover is None else handover.unsqueeze(1),
+                                      history)
         log_vocab = torch.log_softmax(self.head(x).float(), dim=-1) + log_a[..., :1]  # (B, Tq, V)
         p_copy = torch.zeros_like(log_vocab).scatter_add_(  # copy mass gathered per vocabulary id
             -1, ids.unsqueeze(1).expand(-1, x.shape[1], -1), log_a[..., 1:].exp())
@@ -333,15 +357,20 @@ class GPT(nn.Module):
         """Copy keys, ids and mask for the plain causal forward: slots 1..T-1 (slot 0 has no predecessor).
 
         -> keys (B, T-1, dc), ids (B, T-1), key_mask (1, T, T-1): query t (predicting token t + 1) sees slot
-        j = i + 1 when j <= t + 1 - copy_min_gap.
+        j = i + 1 when j <= t + 1 - copy_min_gap; and with `copy_match` the id histories of the queries (B, T, n)
+        and of the slots (B, T-1, n) (else None).
         """
         T = idx.shape[1]
         keys = self.copy.value_keys(self.copy.keys(hidden[:, :-1], emb[:, :-1]), emb[:, 1:])
         key_mask = torch.ones(T, T - 1, dtype=torch.bool, device=idx.device).tril(diagonal=-self.cfg.copy_min_gap)
-        return keys, idx[:, 1:], key_mask.unsqueeze(0)
+        n = self.cfg.copy_match
+        history = (id_history(idx, n, -1), id_history(idx, n, -2)[:, :-1]) if n else None
+        return keys, idx[:, 1:], key_mask.unsqueeze(0), history
 
     def _cached_copy_slots(self, idx, hidden, emb, valid, cache: KVCache):
-        """Write the new slots' copy keys into the cache; -> keys (B, Tk, dc), ids (B, Tk), key_mask (B, T, Tk)."""
+        """Write the new slots' copy keys into the cache; -> keys (B, Tk, dc), ids (B, Tk), key_mask (B, T, Tk),
+        and with `copy_match` the id histories (B, T, n) and (B, Tk, n) as in `_copy_slots` (padding never matches).
+        Call before `cache.length` moves on, after `cache.key_valid` holds the new tokens'."""
         c, start, T = cache.copy, cache.length, idx.shape[1]
         new_k = torch.cat([c.next_k.unsqueeze(1), self.copy.keys(hidden[:, :-1], emb[:, :-1])], dim=1)  # (B, T, dc)
         prev_valid = torch.cat([c.next_valid.unsqueeze(1), valid[:, :-1]], dim=1)  # (B, T)
@@ -352,7 +381,13 @@ class GPT(nn.Module):
         c.next_valid = valid[:, -1].clone()
         causal = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start + 1 - self.cfg.copy_min_gap)
         key_mask = causal.unsqueeze(0) & c.key_valid[:, None, : start + T]  # (B, T, Tk)
-        return c.k[:, : start + T], c.ids[:, : start + T], key_mask
+        history, n = None, self.cfg.copy_match
+        if n:
+            ids, real = c.ids[:, : start + T], cache.key_valid[:, : start + T]
+            before = id_history(ids, n, -2, real)  # slot j's history is position j - 1's
+            before = torch.cat([before.new_full((ids.shape[0], 1, n), -2), before[:, :-1]], dim=1)
+            history = (id_history(ids, n, -1, real)[:, start:], before)
+        return c.k[:, : start + T], c.ids[:, : start + T], key_mask, history
 
     def copy_terms(self, idx: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor):
         """The two halves of the copy mixture at every position, without any (B, T, V) tensor:
@@ -362,13 +397,13 @@ class GPT(nn.Module):
         if idx.shape[1] == 1:  # nothing before the only token: all mass on the vocabulary side
             zeros = hidden.new_zeros(idx.shape, dtype=torch.float32)
             return zeros, zeros + NO_COPY
-        keys, ids, key_mask = self._copy_slots(idx, hidden, self.wte(idx))
+        keys, ids, key_mask, history = self._copy_slots(idx, hidden, self.wte(idx))
         match = (ids.unsqueeze(1) == targets.unsqueeze(2)) & key_mask  # (B, T, T-1)
         handover = self.copy.handover(ids)
         if handover is None:
-            return self.copy.log_terms(hidden, keys, key_mask, match)
+            return self.copy.log_terms(hidden, keys, key_mask, match, history=history)
         handover = key_mask & handover.unsqueeze(1)
-        return self.copy.log_terms(hidden, keys, key_mask, match & ~handover, handover)
+        return self.copy.log_terms(hidden, keys, key_mask, match & ~handover, handover, history)
 
 
 def _init_weights(module: nn.Module) -> None:

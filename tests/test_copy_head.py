@@ -49,11 +49,16 @@ def dense_mixture_logps(model, idx, gap=1):
             h = hidden[b, t]
             scores = [model.copy.sentinel(h).squeeze()]
             slots = list(range(1, t + 2 - gap))
+            gates = model.copy.match_gate(h) if model.copy.match_gate is not None else []
             for j in slots:
                 k = model.copy.keys(hidden[b, j - 1 : j], emb[b, j - 1 : j])[0]
                 if model.copy.k_value is not None:
                     k = k + model.copy.k_value(emb[b, j])
-                scores.append(model.copy.q(h) @ k / math.sqrt(k.shape[-1]))
+                score = model.copy.q(h) @ k / math.sqrt(k.shape[-1])
+                for m, gate in enumerate(gates, start=1):  # the last m tokens equal the m before slot j
+                    if all(t - i >= 0 and j - 1 - i >= 0 and idx[b, t - i] == idx[b, j - 1 - i] for i in range(m)):
+                        score = score + gate
+                scores.append(score)
             a = torch.softmax(torch.stack(scores), 0)
             handed = [i for i, j in enumerate(slots, start=1)
                       if model.copy.blocked is not None and idx[b, j].item() in BLOCKED]
@@ -65,23 +70,27 @@ def dense_mixture_logps(model, idx, gap=1):
     return out
 
 
-@pytest.mark.parametrize("gap,value,breaks", [(1, False, True), (4, False, True), (4, True, True), (2, True, False)])
-def test_forward_is_the_dense_mixture(gap, value, breaks):
-    model = _model(copy_min_gap=gap, copy_value_key=value, copy_line_breaks=breaks)
+@pytest.mark.parametrize("gap,value,breaks,match", [(1, False, True, 0), (4, False, True, 0), (4, True, True, 0),
+                                                    (2, True, False, 0), (1, True, True, 2), (2, True, False, 3)])
+def test_forward_is_the_dense_mixture(gap, value, breaks, match):
+    model = _model(copy_min_gap=gap, copy_value_key=value, copy_line_breaks=breaks, copy_match=match)
     idx = torch.randint(0, V, (2, 12))
     idx[:, 2::3] = torch.tensor(BLOCKED)[torch.arange(idx[:, 2::3].numel()) % 3].view(2, -1)  # blocked tokens in it
+    idx[:, 6:9] = idx[:, 0:3]  # a repeat: matches of every order
     got = model(idx)
     assert torch.allclose(got.exp().sum(-1), torch.ones(2, 12), atol=1e-5)  # a distribution
     assert torch.allclose(got, dense_mixture_logps(model, idx, gap), atol=1e-4)
 
 
-@pytest.mark.parametrize("gap,value,breaks", [(1, False, True), (5, True, True), (2, True, False)])
-def test_loss_from_the_mixture_equals_dense_reference_with_gradients(gap, value, breaks):
-    model = _model(copy_min_gap=gap, copy_value_key=value, copy_line_breaks=breaks)
+@pytest.mark.parametrize("gap,value,breaks,match", [(1, False, True, 0), (5, True, True, 0), (2, True, False, 0),
+                                                    (1, True, False, 2)])
+def test_loss_from_the_mixture_equals_dense_reference_with_gradients(gap, value, breaks, match):
+    model = _model(copy_min_gap=gap, copy_value_key=value, copy_line_breaks=breaks, copy_match=match)
     model.train()
     idx, targets = torch.randint(0, V, (2, 12)), torch.randint(0, V, (2, 12))
     idx[:, 4] = BLOCKED[0]
     targets[:, 6:] = idx[:, 3:9]  # make some targets copyable (one of them a blocked token)
+    idx[:, 7:10] = idx[:, 1:4]  # and some histories repeated
     mask = (torch.rand(2, 12) > 0.3).float()
     batch = {"input_ids": idx, "targets": targets, "loss_mask": mask}
 
@@ -96,8 +105,9 @@ def test_loss_from_the_mixture_equals_dense_reference_with_gradients(gap, value,
     assert loss.item() == pytest.approx(dense.item(), rel=1e-4)
 
 
-def test_token_logps_paths_agree():
-    model = _model()
+@pytest.mark.parametrize("match", [0, 2])
+def test_token_logps_paths_agree(match):
+    model = _model(copy_match=match)
     idx, targets = torch.randint(0, V, (3, 10)), torch.randint(0, V, (3, 10))
     gathered = model_token_logps(model, idx, targets)  # the DPO / eval path
     full = token_logps(model(idx), targets)
@@ -171,6 +181,29 @@ def test_a_copy_head_without_line_breaks_hands_them_to_the_vocabulary_side():
     assert torch.allclose(logp_blocked[28], vocab_side, atol=1e-3)  # ... this one hands over to the vocabulary
 
 
+def test_match_features_continue_the_copy_the_last_tokens_pick():
+    """With the learned scores silenced, the match terms alone copy: order 1 cannot tell which of two earlier
+    "a"s to continue from, order 2 can (it sees the token before "a" too)."""
+    a, b, c, d, e, f = 10, 20, 21, 22, 23, 24
+    seq = torch.tensor([a, b, c, d, a, e, f, b, 30, 31, 32, 33, 34])  # "a" followed by b, then by e
+    idx = torch.cat([seq, seq]).unsqueeze(0)
+    targets = idx[0, 1:]
+    preds = {}
+    for order in (1, 2):
+        model = _model(copy_match=order)
+        with torch.no_grad():
+            for lin in (model.copy.q, model.copy.k_hidden, model.copy.k_embed):
+                lin.weight.zero_()
+            model.copy.sentinel.weight.zero_()
+            model.copy.sentinel.bias.fill_(-30.0)  # no vocabulary side
+            model.copy.match_gate.weight.zero_()
+            model.copy.match_gate.bias.copy_(torch.tensor([5.0, 20.0][:order]))
+            preds[order] = model(idx)[0].argmax(-1)
+    second = range(13, 25)  # queries of the second copy (query 12 predicts its first token)
+    assert all(preds[2][t] == targets[t] for t in second)
+    assert any(preds[1][t] != targets[t] for t in second)  # after the second "a": b or e, a coin toss for order 1
+
+
 def test_block_copies_needs_the_knob_and_a_token():
     with pytest.raises(ValueError, match="copy_line_breaks: true"):
         _model().block_copies([1])
@@ -180,12 +213,14 @@ def test_block_copies_needs_the_knob_and_a_token():
     assert model.state_dict()["copy.blocked"].nonzero().flatten().tolist() == BLOCKED  # saved with the weights
 
 
-@pytest.mark.parametrize("gap,value,breaks", [(1, False, True), (3, True, True), (1, True, False)])
-def test_kv_cached_decoding_equals_full_forward_with_left_padding(gap, value, breaks):
-    model = _model(copy_min_gap=gap, copy_value_key=value, copy_line_breaks=breaks)
+@pytest.mark.parametrize("gap,value,breaks,match", [(1, False, True, 0), (3, True, True, 0), (1, True, False, 0),
+                                                    (1, True, True, 2), (2, True, False, 3)])
+def test_kv_cached_decoding_equals_full_forward_with_left_padding(gap, value, breaks, match):
+    model = _model(copy_min_gap=gap, copy_value_key=value, copy_line_breaks=breaks, copy_match=match)
     a, b = torch.randint(0, V, (1, 10)), torch.randint(0, V, (1, 6))
     a[0, 2], b[0, 1] = BLOCKED[0], BLOCKED[1]
     b[0, 3:] = b[0, :3]
+    b[0, 0] = 0  # the padding's id: padding must never count as a match
     pad = torch.zeros(1, 4, dtype=torch.long)
     batch = torch.cat([a, torch.cat([pad, b], dim=1)])
     valid = torch.ones(2, 10, dtype=torch.bool)
@@ -198,16 +233,18 @@ def test_kv_cached_decoding_equals_full_forward_with_left_padding(gap, value, br
     for i in range(5):
         nxt = torch.randint(0, V, (2, 1))
         nxt[i % 2, 0] = BLOCKED[i % 3]
+        nxt[1 - i % 2, 0] = (seq_a if i % 2 else seq_b)[0, i]  # repeats: matches of every order
         step = model(nxt, cache=cache)
         seq_a, seq_b = torch.cat([seq_a, nxt[:1]], 1), torch.cat([seq_b, nxt[1:]], 1)
         assert torch.allclose(step[0, 0], model(seq_a)[0, -1], atol=1e-5)
         assert torch.allclose(step[1, 0], model(seq_b)[0, -1], atol=1e-5)
 
 
-@pytest.mark.parametrize("temperature,gap,value,breaks", [(0.0, 1, False, True), (0.8, 1, False, True),
-                                                          (0.8, 4, True, True), (0.8, 1, True, False)])
-def test_cached_sampling_equals_uncached(temperature, gap, value, breaks):
-    model = _model(copy_min_gap=gap, copy_value_key=value, copy_line_breaks=breaks)
+@pytest.mark.parametrize("temperature,gap,value,breaks,match", [(0.0, 1, False, True, 0), (0.8, 1, False, True, 0),
+                                                                (0.8, 4, True, True, 0), (0.8, 1, True, False, 0),
+                                                                (0.8, 1, True, False, 2)])
+def test_cached_sampling_equals_uncached(temperature, gap, value, breaks, match):
+    model = _model(copy_min_gap=gap, copy_value_key=value, copy_line_breaks=breaks, copy_match=match)
     prompts = [torch.randint(0, V, (n,)).tolist() for n in (5, 9, 7)]
     cfg = SamplingConfig(temperature=temperature, top_k=0, top_p=0.95, max_new_tokens=12, no_repeat_ngram=0, seed=3)
     cached = sample(model, prompts, cfg, eos_id=V - 1, use_cache=True)
