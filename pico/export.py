@@ -144,7 +144,7 @@ PICO_SETTINGS: dict[str, object] = {"type": "transformer", "d_model": None, "n_l
                                     "max_seq_len": None, "dropout": None, "k": None, "mlp_ratio": None,
                                     "pos_encoding": None, "copy_head": None, "copy_dim": None,
                                     "copy_value_key": None, "copy_min_gap": None, "copy_line_breaks": None,
-                                    "copy_match": 0}  # PicoForCausalLM has no match terms yet
+                                    "copy_match": None}
 PICO_UNUSED_SETTINGS = ("type", "k")  # `type` is the architecture itself; `k` is the k-gram model's
 
 
@@ -172,7 +172,7 @@ def pico_tensors(weights: Tensors) -> Tensors:
         raise ExportError("head.weight: the output layer is not tied to the embedding wte.weight, and "
                           "PicoForCausalLM ties them; this checkpoint cannot be exported")
     body = re.compile(r"(wte|wpe|ln_f)\.weight|blocks\.\d+\.(ln1|ln2|attn\.qkv|attn\.proj|mlp\.fc|mlp\.proj)\.weight")
-    copy = re.compile(r"copy\.(q|k_hidden|k_embed|k_value)\.weight|copy\.sentinel\.(weight|bias)|copy\.blocked")
+    copy = re.compile(r"copy\.(q|k_hidden|k_embed|k_value)\.weight|copy\.(sentinel|match_gate)\.(weight|bias)|copy\.blocked")
     out: Tensors = {}
     unmapped = []
     for name, tensor in weights.items():

@@ -221,6 +221,7 @@ CUSTOM_SETTINGS = {
     "rope_copy_gap1_no_value_key": {"copy_value_key": False, "copy_min_gap": 1},
     "learned_copy": {"pos_encoding": "learned"},
     "rope_copy_no_line_breaks": {"copy_line_breaks": False},  # the blocked tokens travel as a buffer
+    "rope_copy_match": {"copy_match": 2, "copy_line_breaks": False},  # exact-match terms of order 1 and 2
     "rope_no_copy": {"copy_head": False},
 }
 
@@ -273,7 +274,8 @@ def test_plain_model_stays_gpt2_and_the_default_model_is_pico(tok):
     assert choose_architecture(tiny_copy_gpt(tok, copy_head=False).cfg, "x").name == "PicoForCausalLM"  # RoPE alone
 
 
-@pytest.mark.parametrize("which", ["rope_copy", "learned_copy"])  # RoPE is blind to a row's shift; learned is not
+@pytest.mark.parametrize("which", ["rope_copy", "learned_copy", "rope_copy_match"])  # RoPE is blind to a row's
+# shift, learned positions are not; padding never counts as a match
 def test_left_padded_batch_gives_picos_cached_log_probs(tmp_path, tok, sample_stories, which):
     """pico decodes a left-padded batch through its cache with `valid`; the export takes the attention mask."""
     model = train_briefly(tiny_copy_gpt(tok, **CUSTOM_SETTINGS[which]), tok, sample_stories)

@@ -20,7 +20,7 @@ class PicoConfig(PretrainedConfig):
     def __init__(self, vocab_size: int = 4096, d_model: int = 192, n_layer: int = 4, n_head: int = 4,
                  max_seq_len: int = 512, dropout: float = 0.0, mlp_ratio: int = 4, pos_encoding: str = "rope",
                  copy_head: bool = True, copy_dim: int = 64, copy_value_key: bool = True, copy_min_gap: int = 16,
-                 copy_line_breaks: bool = True, tie_word_embeddings: bool = True, **kwargs):
+                 copy_line_breaks: bool = True, copy_match: int = 0, tie_word_embeddings: bool = True, **kwargs):
         if pos_encoding not in POS_ENCODINGS:
             raise ValueError(f"pos_encoding = {pos_encoding!r}: pico's GPT has {', '.join(POS_ENCODINGS)}")
         if d_model % n_head:
@@ -42,4 +42,5 @@ class PicoConfig(PretrainedConfig):
         self.copy_value_key = copy_value_key
         self.copy_min_gap = copy_min_gap
         self.copy_line_breaks = copy_line_breaks
+        self.copy_match = copy_match
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)

@@ -66,6 +66,25 @@ def copy_slot_mask(valid: torch.Tensor | None, T: int, min_gap: int, device) -> 
     return allowed & slot_valid.unsqueeze(1)
 
 
+def id_history(ids: torch.Tensor, n: int, none: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) ids -> (B, T, n): at position p the ids at p, p-1, ..., p-n+1; `none` (negative, never a token) before
+    the start and, with `valid`, at padding (so padding never makes a copy match)."""
+    if valid is not None:
+        ids = ids.masked_fill(~valid, none)
+    return torch.stack([F.pad(ids, (m, 0), value=none)[:, : ids.shape[1]] for m in range(n)], dim=-1)
+
+
+def match_scores(gates: torch.Tensor, read: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """The copy match terms (`copy_match`), (B, Tq, Tk) fp32: sum over orders m of gates[..., m] where the last m + 1
+    ids read (read: (B, Tq, n), newest first) equal the m + 1 ids before the slot (before: (B, Tk, n))."""
+    out = torch.zeros(*read.shape[:2], before.shape[1], device=gates.device)
+    equal = torch.ones_like(out, dtype=torch.bool)
+    for m in range(gates.shape[-1]):
+        equal = equal & (read[:, :, m].unsqueeze(2) == before[:, :, m].unsqueeze(1))
+        out = out + gates[..., m : m + 1].float() * equal
+    return out
+
+
 def copy_mixture(vocab_logits: torch.Tensor, log_weights: torch.Tensor, slot_ids: torch.Tensor) -> torch.Tensor:
     """log p(y) = log(a_0 · softmax(vocab_logits)[y] + sum_{j: slot_ids_j = y} a_j), (B, Tq, V) in fp32.
 
@@ -125,7 +144,8 @@ class PicoBlock(nn.Module):
 class PicoCopyHead(nn.Module):
     """Pointer-generator copy head with a sentinel. At query t it scores the sentinel, s_t0 = w · h_t + b, and every
     earlier slot j, s_tj = q(h_t) · k_j / sqrt(dc) with k_j = k_hidden(h_{j-1}) + k_embed(wte(x_{j-1}))
-    [+ k_value(wte(x_j))]; a_t = softmax(s_t) mixes the vocabulary distribution (weight a_t0) with copying x_j
+    [+ k_value(wte(x_j))] [+ sum_m g_m(h_t) where x_{t-i} = x_{j-1-i} for every i < m, with copy_match];
+    a_t = softmax(s_t) mixes the vocabulary distribution (weight a_t0) with copying x_j
     (weight a_tj). h is the final (ln_f) hidden state. Without `copy_line_breaks` a slot whose token is in
     `blocked` (saved with the weights) copies nothing: its weight goes to the vocabulary side."""
 
@@ -137,6 +157,7 @@ class PicoCopyHead(nn.Module):
         self.k_embed = nn.Linear(d, dc, bias=False)
         self.k_value = nn.Linear(d, dc, bias=False) if config.copy_value_key else None
         self.sentinel = nn.Linear(d, 1, bias=True)
+        self.match_gate = nn.Linear(d, config.copy_match, bias=True) if config.copy_match else None
         # None (not saved) when every token may be copied
         blocked = None if config.copy_line_breaks else torch.zeros(config.vocab_size, dtype=torch.bool)
         self.register_buffer("blocked", blocked)
@@ -147,11 +168,14 @@ class PicoCopyHead(nn.Module):
         return keys if self.k_value is None else keys + self.k_value(emb[:, 1:])
 
     def log_weights(self, hidden: torch.Tensor, keys: torch.Tensor, slot_mask: torch.Tensor,
-                    handover: torch.Tensor | None = None) -> torch.Tensor:
+                    handover: torch.Tensor | None = None, history=None) -> torch.Tensor:
         """log a (B, Tq, 1 + Tk) in fp32: column 0 the vocabulary side (the sentinel, plus the slots in `handover`,
-        which are then -inf), column 1 + i slot i of `keys`."""
+        which are then -inf), column 1 + i slot i of `keys`. `history`: (ids read (B, Tq, n), ids before each slot
+        (B, Tk, n)) for the match terms."""
         q = self.q(hidden)
         scores = ((q @ keys.transpose(1, 2)) / math.sqrt(q.shape[-1])).float()
+        if self.match_gate is not None:
+            scores = scores + match_scores(self.match_gate(hidden), *history)
         scores = scores.masked_fill(~slot_mask, float("-inf"))  # the sentinel keeps every row finite
         sentinel = self.sentinel(hidden).float()
         log_a = torch.log_softmax(torch.cat([sentinel, scores], dim=-1), dim=-1)
@@ -278,5 +302,8 @@ class PicoForCausalLM(PicoPreTrainedModel, GenerationMixin):
         keys = self.copy.slot_keys(hidden, self.transformer.wte(input_ids))  # (B, T-1, dc)
         slot_mask = copy_slot_mask(valid, T, self.config.copy_min_gap, input_ids.device)[:, keep]
         handover = None if self.copy.blocked is None else self.copy.blocked[input_ids[:, 1:]].unsqueeze(1)
-        log_weights = self.copy.log_weights(hidden[:, keep], keys, slot_mask, handover)
+        history, n = None, self.config.copy_match
+        if n:  # slot j's history is position j - 1's
+            history = (id_history(input_ids, n, -1, valid)[:, keep], id_history(input_ids, n, -2, valid)[:, :-1])
+        log_weights = self.copy.log_weights(hidden[:, keep], keys, slot_mask, handover, history)
         return copy_mixture(vocab_logits, log_weights, input_ids[:, 1:])
