@@ -132,6 +132,7 @@ def load_checkpoint(path: str | Path, *, tokenizer_hash: str | None = None,
     model_meta_ = dict(meta["model"])
     vocab_size = model_meta_.pop("vocab_size", None)
     model_meta_.setdefault("copy_line_breaks", True)  # checkpoints from before the knob: the head copied them
+    model_meta_.setdefault("copy_match", 0)  # and before this one: no match terms
     try:
         cfg = build_section(ModelConfig, model_meta_, "model")
     except ParamsError as e:

@@ -130,6 +130,9 @@ class SFTConfig(FinetuneConfig):
     copy_line_breaks: bool = knob("false: from SFT's first step on the copy head hands line breaks to the "
                                   "vocabulary side (model.copy_line_breaks: false; the base checkpoint stays as it "
                                   "was); true: the head as the base model has it")
+    copy_match: int = knob("n > 0: from SFT's first step on the copy head has exact-match terms of order n "
+                           "(model.copy_match), starting at zero so SFT starts from the base model's distribution; "
+                           "0: the head as the base model has it", "[0, 8]")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -333,10 +333,11 @@ def test_pretraining_blocks_the_tokenizers_line_breaks_and_checkpoints_keep_them
     save_checkpoint(path, build_model(old_cfg, tok.vocab_size), model_cfg=old_cfg, tokenizer_hash=tok.hash,
                     stage="pretrain", step=0)
     payload = read_payload(path)
-    del payload["model"]["copy_line_breaks"]
+    del payload["model"]["copy_line_breaks"], payload["model"]["copy_match"]  # nor copy_match
     write_bytes(path, to_bytes(payload))
     old = load_checkpoint(path, tokenizer_hash=tok.hash)
     assert old.model_cfg.copy_line_breaks and old.model.copy.blocked is None
+    assert old.model_cfg.copy_match == 0 and old.model.copy.match_gate is None
 
 
 def test_sft_without_line_break_copies_keeps_the_weights_and_blocks_them(tok):
@@ -360,6 +361,27 @@ def test_sft_without_line_break_copies_keeps_the_weights_and_blocks_them(tok):
     assert without_line_break_copies(child, tok) is child  # already blocking: as it is
 
 
+def test_sft_with_copy_match_starts_as_the_parent_then_learns_the_gates(tok):
+    """`sft.copy_match`: the child's match gates start at zero (the parent's distribution, exactly) and are
+    trainable; everything else is the parent's. Old checkpoints (no `copy_match` saved) load without match terms."""
+    from pico.checkpoint import Checkpoint
+    from pico.recipes.finetune import with_copy_match
+
+    cfg = config("model", d_model=32, n_layer=1, n_head=2, max_seq_len=64, copy_min_gap=2)
+    torch.manual_seed(0)
+    parent = Checkpoint(build_model(cfg, tok.vocab_size).eval(), cfg, {"stage": "pretrain"}, "abc")
+    child = with_copy_match(parent, 2)
+    assert parent.model_cfg.copy_match == 0 and child.model_cfg.copy_match == 2
+    assert all(torch.equal(v, child.model.state_dict()[k]) for k, v in parent.model.state_dict().items())
+    ids = torch.tensor([tok.encode("It was late. The door opened. " * 4)])
+    with torch.no_grad():
+        assert torch.equal(child.model(ids), parent.model(ids))
+    loss = -child.model(ids)[0, :-1].gather(-1, ids[0, 1:].unsqueeze(-1)).mean()
+    loss.backward()
+    assert child.model.copy.match_gate.weight.grad.abs().sum() > 0  # repeats: the gates get a gradient
+    assert with_copy_match(child, 3) is child  # match terms already: as it is
+
+
 @pytest.mark.parametrize("kind", ["lstm", "kgram_mlp"])
 def test_models_without_a_copy_head_go_through_sft_without_line_break_copies_unchanged(tok, kind):
     from pico.checkpoint import Checkpoint
@@ -368,3 +390,5 @@ def test_models_without_a_copy_head_go_through_sft_without_line_break_copies_unc
     cfg = config("model", type=kind, d_model=32, n_layer=1, n_head=2, max_seq_len=64)
     parent = Checkpoint(build_model(cfg, tok.vocab_size), cfg, {}, "abc")
     assert without_line_break_copies(parent, tok) is parent
+    from pico.recipes.finetune import with_copy_match
+    assert with_copy_match(parent, 2) is parent

@@ -80,6 +80,24 @@ def without_line_break_copies(parent: Checkpoint, tok: Tokenizer) -> Checkpoint:
     return Checkpoint(model.to(unwrap(parent.model).wte.weight.device), cfg, parent.meta, parent.digest)
 
 
+def with_copy_match(parent: Checkpoint, n: int) -> Checkpoint:
+    """The parent model with exact-match terms of order n in its copy head (`model.copy_match`), their gates at
+    zero, so it gives the parent's distribution until trained; a parent without a copy head, or with match terms
+    already, is returned as it is."""
+    head = getattr(unwrap(parent.model), "copy", None)
+    if head is None or head.match_gate is not None:
+        return parent
+    cfg = replace(parent.model_cfg, copy_match=n)
+    model = build_model(cfg, unwrap(parent.model).vocab_size)
+    missing, unexpected = model.load_state_dict(unwrap(parent.model).state_dict(), strict=False)
+    if sorted(missing) != ["copy.match_gate.bias", "copy.match_gate.weight"] or unexpected:
+        raise RuntimeError(f"with_copy_match: weights missing {missing}, unexpected {unexpected}")
+    with torch.no_grad():
+        model.copy.match_gate.weight.zero_()
+        model.copy.match_gate.bias.zero_()
+    return Checkpoint(model.to(unwrap(parent.model).wte.weight.device), cfg, parent.meta, parent.digest)
+
+
 def sft(cfg: SFTConfig, base: Checkpoint, tok: Tokenizer, train_rows: list[dict], valid_rows: list[dict], *,
         inputs_id: tuple = (), resume: Path | None = None) -> Trained:
     """Prompt-masked supervised fine-tuning: the loss covers the response tokens and EOS only.
@@ -91,6 +109,8 @@ def sft(cfg: SFTConfig, base: Checkpoint, tok: Tokenizer, train_rows: list[dict]
     dtype = resolve_precision(cfg.precision, device)
     if not cfg.copy_line_breaks:
         base = without_line_break_copies(base, tok)
+    if cfg.copy_match:
+        base = with_copy_match(base, cfg.copy_match)
     encoded = _encode(cfg, base, encode_sft_rows, tok, {"train": train_rows, "valid": valid_rows})
     (train_enc, train_report), (valid_enc, valid_report) = encoded["train"], encoded["valid"]
 
