@@ -172,7 +172,8 @@ def pico_tensors(weights: Tensors) -> Tensors:
         raise ExportError("head.weight: the output layer is not tied to the embedding wte.weight, and "
                           "PicoForCausalLM ties them; this checkpoint cannot be exported")
     body = re.compile(r"(wte|wpe|ln_f)\.weight|blocks\.\d+\.(ln1|ln2|attn\.qkv|attn\.proj|mlp\.fc|mlp\.proj)\.weight")
-    copy = re.compile(r"copy\.(q|k_hidden|k_embed|k_value)\.weight|copy\.(sentinel|match_gate)\.(weight|bias)|copy\.blocked")
+    copy = re.compile(r"copy\.(q|k_hidden|k_embed|k_value)\.weight|copy\.(sentinel|match_gate)\.(weight|bias)"
+                      r"|copy\.blocked")
     out: Tensors = {}
     unmapped = []
     for name, tensor in weights.items():
