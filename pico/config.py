@@ -209,6 +209,9 @@ class GenerateConfig(Section):
                               "names (pico.spec.compose_name)", "[0, 1]")
     fresh_words: float = knob("share of train/valid object, taboo and twist values (each drawn on its own) whose "
                               "last word becomes a made-up one (pico.spec.compose_word)", "[0, 1]")
+    an_values: float = knob("share of train/valid setting and object values starting \"a \" (each drawn on its own) "
+                            "given a vowel-initial adjective, so their article is \"an\" (pico.generate.with_an_values)",
+                            "[0, 1]")
     stutter_pairs: float = knob("share of train/valid DPO pairs whose rejected story is the chosen one with a value's "
                                 "last words said twice (pico.generate.with_stutter_rejected)", "[0, 1]")
     teacher: TeacherConfig = knob("the teacher LLM (provider: openai)")

@@ -34,7 +34,7 @@ from pico.tokenizer import Tokenizer
 T = TypeVar("T")
 R = TypeVar("R")
 DATASETS = ("sft", "dpo")
-TRAINING_SPLITS = ("train", "valid")  # the splits `fresh_names`/`fresh_words` change: the tests keep their specs
+TRAINING_SPLITS = ("train", "valid")  # the splits `fresh_names`/`fresh_words`/`an_values` change: tests keep theirs
 REFUSALS = ("i can't", "i cannot", "i'm sorry", "i am sorry", "as an ai", "i won't")
 
 
@@ -162,8 +162,8 @@ def with_fresh_words(row: dict, rng: random.Random, share: float) -> dict:
     "a brass key": renaming the quotes alone would leave the story about a key), and the whole row is left as
     it is where the new stories no longer pass their checks. Like `with_fresh_names`, this teaches the model to
     copy a value it cannot have memorised and to find where it ends (RESEARCH.md, finding 23)."""
-    spec = dict(row["spec"])
-    swaps: dict[str, str] = {}
+    spec = row["spec"]
+    new_values: dict[str, str] = {}
     used: set[str] = set()
     for f in WORD_FIELDS:
         if rng.random() >= share:
@@ -173,14 +173,24 @@ def with_fresh_words(row: dict, rng: random.Random, share: float) -> dict:
         if new_value is None:
             continue
         old_word = spec[f].rsplit(" ", 1)[-1]
-        forms = dict(zip(value_forms(spec[f]), value_forms(new_value)))
-        quoted = re.compile("|".join(re.escape(v) for v in sorted(forms, key=len, reverse=True)))
+        quoted = re.compile("|".join(re.escape(v) for v in sorted(value_forms(spec[f]), key=len, reverse=True)))
         alone = re.compile(rf"\b{re.escape(old_word)}\b", re.IGNORECASE)
         texts = [row[k] for k in TEXT_KEYS if k in row]
         if sum(len(alone.findall(t)) for t in texts) != sum(len(quoted.findall(t)) for t in texts):
             continue
         used.add(word)
-        swaps.update(forms)
+        new_values[f] = new_value
+    return with_values(row, new_values)
+
+
+def with_values(row: dict, new_values: dict[str, str]) -> dict:
+    """The row with spec fields given new values, in the spec and in every quote of the old value (each of its
+    `value_forms`) in every text; the row as it is where there is nothing to change or the new stories no longer
+    pass their checks."""
+    spec = dict(row["spec"])
+    swaps: dict[str, str] = {}
+    for f, new_value in new_values.items():
+        swaps.update(zip(value_forms(spec[f]), value_forms(new_value)))
         spec[f] = new_value
     if not swaps:
         return row
@@ -197,6 +207,32 @@ def with_fresh_words(row: dict, rng: random.Random, share: float) -> dict:
 def fresh_words_rng(seed: int, dataset: str, split: str, index: int) -> random.Random:
     """Its own stream, like `fresh_names_rng`."""
     return random.Random(f"{seed}/{dataset}/{split}/{index}/words")
+
+
+# ----------------------------------------------------------------------------------------------- "an" values
+ARTICLE_FIELDS = ("setting", "object")  # the fields whose values start with an article a story quotes with them
+VOWEL_ADJECTIVES = ("old", "odd", "empty", "icy", "ancient", "oily", "eerie", "ugly", "unlit", "abandoned",
+                    "ordinary", "elegant", "ivory", "ashen", "open", "overgrown", "unused", "enormous", "awful", "idle")
+
+
+def with_an_values(row: dict, rng: random.Random, share: float) -> dict:
+    """The row with each of its setting and object that starts with "a " (drawn on its own with probability
+    `share`) given a vowel-initial adjective, so its article becomes "an" ("a brass key" -> "an old brass key"),
+    in the spec and every quote of it.
+
+    Most values start with "a", so a model can write a value's article from its vocabulary side alone, by that
+    prior, and copy the rest: "found a iron bell". Where "a" and "an" are about as likely, the article can be got
+    right only from the value, by copying it too (RESEARCH.md, finding 49)."""
+    new_values = {}
+    for f in ARTICLE_FIELDS:
+        if rng.random() < share and row["spec"][f].startswith("a "):
+            new_values[f] = f"an {rng.choice(VOWEL_ADJECTIVES)} {row['spec'][f][2:]}"
+    return with_values(row, new_values)
+
+
+def an_values_rng(seed: int, dataset: str, split: str, index: int) -> random.Random:
+    """Its own stream, like `fresh_names_rng`."""
+    return random.Random(f"{seed}/{dataset}/{split}/{index}/an")
 
 
 # ----------------------------------------------------------------------------------------------- stutter pairs
@@ -293,6 +329,8 @@ def generate_rows(cfg: GenerateConfig, client: TeacherClient | None = None, prog
                 row = with_fresh_names(row, rng)
         if cfg.fresh_words > 0:
             row = with_fresh_words(row, fresh_words_rng(cfg.seed, d, s, i), cfg.fresh_words)
+        if cfg.an_values > 0:
+            row = with_an_values(row, an_values_rng(cfg.seed, d, s, i), cfg.an_values)
         if d == "dpo" and cfg.stutter_pairs > 0:
             rng = stutter_rng(cfg.seed, s, i)
             if rng.random() < cfg.stutter_pairs:

@@ -542,6 +542,57 @@ def test_fresh_words_touch_train_and_valid_only_and_zero_changes_nothing():
     assert generate_rows(small_cfg(fresh_words=0.5)).rows == fresh.rows  # deterministic
 
 
+# ----------------------------------------------------------------------------------------------- "an" values
+@pytest.mark.parametrize("dataset,kind", [("sft", "easy"), ("dpo", "easy"), ("dpo", "hard")])
+def test_an_values_give_setting_and_object_a_vowel_adjective_everywhere_and_stories_still_pass(dataset, kind):
+    from pico.checks import wrong_articles
+    from pico.generate import VOWEL_ADJECTIVES, with_an_values
+
+    spec = Spec("The Quiet Floor", "a museum after closing time", "Mina", "Captain Rooke", "a brass key",
+                "never whistle after sunset", "the snow is falling upward")
+    row = template_row(dataset, spec, random.Random(1), kind)
+    out = with_an_values(row, random.Random(2), 1.0)
+    new = Spec.from_dict(out["spec"])
+    for f, rest in (("setting", "museum after closing time"), ("object", "brass key")):
+        article, adjective, tail = getattr(new, f).split(" ", 2)
+        assert article == "an" and adjective in VOWEL_ADJECTIVES and tail == rest, f
+    assert (new.taboo, new.twist, new.protagonist) == (spec.taboo, spec.twist, spec.protagonist)
+    for key in ("prompt", "response", "chosen", "rejected"):
+        if key in row:
+            assert "a brass key" not in out[key] and "a museum" not in out[key], key
+            assert not wrong_articles(out[key]), key
+    story = out.get("chosen", out.get("response"))
+    assert new.object in story or new.object.replace("an ", "the ", 1) in story
+    assert parse_prompt(out["prompt"]) == new
+    assert not failed_checks(check_story(story, new))
+    assert with_an_values(row, random.Random(2), 0.0) == row
+
+
+def test_an_values_leave_a_value_that_takes_an_already():
+    from pico.generate import with_an_values
+
+    spec = Spec("The Quiet Floor", "an abandoned pier", "Mina", "Captain Rooke", "an iron bell",
+                "never whistle after sunset", "the snow is falling upward")
+    row = template_row("sft", spec, random.Random(1), "easy")
+    assert with_an_values(row, random.Random(2), 1.0) == row
+
+
+def test_an_values_touch_train_and_valid_only_and_even_out_the_articles():
+    plain = generate_rows(small_cfg(an_values=0.0))
+    more = generate_rows(small_cfg(an_values=0.5))
+    for key, rows in plain.rows.items():
+        if key[1] in ("test", "test_unseen"):
+            assert more.rows[key] == rows, key
+
+    def an_share(gen):
+        values = [r["spec"][f] for (d, s), rows in gen.rows.items() if s in ("train", "valid")
+                  for r in rows for f in ("setting", "object")]
+        return sum(v.startswith("an ") for v in values) / len(values)
+
+    assert an_share(plain) < 0.25 < 0.4 < an_share(more)
+    assert generate_rows(small_cfg(an_values=0.5)).rows == more.rows  # deterministic
+
+
 # ----------------------------------------------------------------------------------------------- stutter pairs
 def test_stutter_rejected_is_the_chosen_story_with_a_value_tail_said_twice_and_fails_only_no_repetition():
     from pico.generate import PAIR_KIND_STUTTER, with_stutter_rejected
