@@ -212,6 +212,8 @@ class GenerateConfig(Section):
     an_values: float = knob("share of train/valid setting and object values starting \"a \" (each drawn on its own) "
                             "given a vowel-initial adjective, so their article is \"an\" (pico.generate.with_an_values)",
                             "[0, 1]")
+    twist_openers: float = knob("share of train/valid twists opened by an adverbial (\"all along the ...\"), so a "
+                                "twist's first word is not always \"the\" (pico.generate.with_twist_openers)", "[0, 1]")
     stutter_pairs: float = knob("share of train/valid DPO pairs whose rejected story is the chosen one with a value's "
                                 "last words said twice (pico.generate.with_stutter_rejected)", "[0, 1]")
     teacher: TeacherConfig = knob("the teacher LLM (provider: openai)")

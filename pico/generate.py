@@ -34,7 +34,7 @@ from pico.tokenizer import Tokenizer
 T = TypeVar("T")
 R = TypeVar("R")
 DATASETS = ("sft", "dpo")
-TRAINING_SPLITS = ("train", "valid")  # the splits `fresh_names`/`fresh_words`/`an_values` change: tests keep theirs
+TRAINING_SPLITS = ("train", "valid")  # the splits fresh_names, fresh_words, an_values, twist_openers change
 REFUSALS = ("i can't", "i cannot", "i'm sorry", "i am sorry", "as an ai", "i won't")
 
 
@@ -222,17 +222,52 @@ def with_an_values(row: dict, rng: random.Random, share: float) -> dict:
 
     Most values start with "a", so a model can write a value's article from its vocabulary side alone, by that
     prior, and copy the rest: "found a iron bell". Where "a" and "an" are about as likely, the article can be got
-    right only from the value, by copying it too (RESEARCH.md, finding 49)."""
+    right only from the value, by copying it too (RESEARCH.md, finding 50)."""
+    return with_rewritten_values(row, rng, share, ARTICLE_FIELDS, an_value)
+
+
+def an_value(value: str, rng: random.Random) -> str | None:
+    """'a brass key' -> 'an old brass key' (a random vowel-initial adjective); None for a value not starting 'a '."""
+    return f"an {rng.choice(VOWEL_ADJECTIVES)} {value[2:]}" if value.startswith("a ") else None
+
+
+def with_rewritten_values(row: dict, rng: random.Random, share: float, fields: tuple[str, ...],
+                          rewrite: Callable[[str, random.Random], str | None]) -> dict:
+    """The row with each of `fields` (drawn on its own with probability `share`) rewritten by `rewrite` (None:
+    left as it is), through `with_values`."""
     new_values = {}
-    for f in ARTICLE_FIELDS:
-        if rng.random() < share and row["spec"][f].startswith("a "):
-            new_values[f] = f"an {rng.choice(VOWEL_ADJECTIVES)} {row['spec'][f][2:]}"
+    for f in fields:
+        if rng.random() < share:
+            new_value = rewrite(row["spec"][f], rng)
+            if new_value is not None:
+                new_values[f] = new_value
     return with_values(row, new_values)
 
 
 def an_values_rng(seed: int, dataset: str, split: str, index: int) -> random.Random:
     """Its own stream, like `fresh_names_rng`."""
     return random.Random(f"{seed}/{dataset}/{split}/{index}/an")
+
+
+# ----------------------------------------------------------------------------------------------- twist openers
+TWIST_OPENERS = ("all along", "somehow", "in truth", "by then", "even now", "from the start", "in the end",
+                 "after all", "of course", "worst of all")
+
+
+def with_twist_openers(row: dict, rng: random.Random, share: float) -> dict:
+    """The row with its twist (with probability `share`) opened by an adverbial ("the caller has been dead for ten
+    years" -> "all along the caller has been dead for ten years"), in the spec and every quote of it.
+
+    Every template twist starts with "the", so a model can write a twist's first word from its vocabulary side by
+    that prior and copy on from the first "the" it finds in the prompt: "realize that the story has been asleep for
+    years" for "everyone else in the story has been asleep for years". Where twists start with many words, the
+    first can be got right only by copying it (RESEARCH.md, finding 51)."""
+    return with_rewritten_values(row, rng, share, ("twist",), lambda v, r: f"{r.choice(TWIST_OPENERS)} {v}")
+
+
+def twist_openers_rng(seed: int, dataset: str, split: str, index: int) -> random.Random:
+    """Its own stream, like `fresh_names_rng`."""
+    return random.Random(f"{seed}/{dataset}/{split}/{index}/twist")
 
 
 # ----------------------------------------------------------------------------------------------- stutter pairs
@@ -331,6 +366,8 @@ def generate_rows(cfg: GenerateConfig, client: TeacherClient | None = None, prog
             row = with_fresh_words(row, fresh_words_rng(cfg.seed, d, s, i), cfg.fresh_words)
         if cfg.an_values > 0:
             row = with_an_values(row, an_values_rng(cfg.seed, d, s, i), cfg.an_values)
+        if cfg.twist_openers > 0:
+            row = with_twist_openers(row, twist_openers_rng(cfg.seed, d, s, i), cfg.twist_openers)
         if d == "dpo" and cfg.stutter_pairs > 0:
             rng = stutter_rng(cfg.seed, s, i)
             if rng.random() < cfg.stutter_pairs:

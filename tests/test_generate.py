@@ -525,10 +525,10 @@ def test_fresh_words_leave_a_value_whose_last_word_the_story_also_uses_alone():
 
 
 def test_fresh_words_touch_train_and_valid_only_and_zero_changes_nothing():
-    plain = generate_rows(small_cfg(fresh_words=0.0))
+    plain = generate_rows(small_cfg(fresh_words=0.0, an_values=0.0, twist_openers=0.0))  # no value rewritten
     assert all(r["spec"][f] in VALUES[f] for rows in plain.rows.values() for r in rows for f in ("object", "taboo",
                                                                                                   "twist"))
-    fresh = generate_rows(small_cfg(fresh_words=0.5))
+    fresh = generate_rows(small_cfg(fresh_words=0.5, an_values=0.0, twist_openers=0.0))
     changed = 0
     for key, rows in plain.rows.items():
         if key[1] in ("test", "test_unseen"):
@@ -539,7 +539,7 @@ def test_fresh_words_touch_train_and_valid_only_and_zero_changes_nothing():
             assert diff <= {"object", "taboo", "twist"}, diff
             changed += bool(diff)
     assert 0 < changed < sum(len(rows) for key, rows in plain.rows.items() if key[1] in ("train", "valid"))
-    assert generate_rows(small_cfg(fresh_words=0.5)).rows == fresh.rows  # deterministic
+    assert generate_rows(small_cfg(fresh_words=0.5, an_values=0.0, twist_openers=0.0)).rows == fresh.rows
 
 
 # ----------------------------------------------------------------------------------------------- "an" values
@@ -591,6 +591,46 @@ def test_an_values_touch_train_and_valid_only_and_even_out_the_articles():
 
     assert an_share(plain) < 0.25 < 0.4 < an_share(more)
     assert generate_rows(small_cfg(an_values=0.5)).rows == more.rows  # deterministic
+
+
+# ----------------------------------------------------------------------------------------------- twist openers
+@pytest.mark.parametrize("dataset,kind", [("sft", "easy"), ("dpo", "easy"), ("dpo", "hard")])
+def test_twist_openers_open_the_twist_everywhere_and_stories_still_pass(dataset, kind):
+    from pico.generate import TWIST_OPENERS, with_twist_openers
+
+    spec = Spec("The Quiet Floor", "a museum after closing time", "Mina", "Captain Rooke", "a brass key",
+                "never whistle after sunset", "the snow is falling upward")
+    for seed in range(4):
+        row = template_row(dataset, spec, random.Random(seed), kind)
+        out = with_twist_openers(row, random.Random(seed), 1.0)
+        new = Spec.from_dict(out["spec"])
+        opener = new.twist[: -len(spec.twist) - 1]
+        assert opener in TWIST_OPENERS and new.twist.endswith(" " + spec.twist)
+        assert {f: getattr(new, f) for f in FIELDS if f != "twist"} == {f: getattr(spec, f) for f in FIELDS
+                                                                         if f != "twist"}
+        for key in ("prompt", "response", "chosen", "rejected"):
+            if key in row:  # every quote of the twist is opened (a rejected story may have none)
+                assert row[key].count(spec.twist) == out[key].count(new.twist), key
+        story = out.get("chosen", out.get("response"))
+        assert new.twist in story
+        assert parse_prompt(out["prompt"]) == new
+        assert not failed_checks(check_story(story, new))
+        assert with_twist_openers(row, random.Random(seed), 0.0) == row
+
+
+def test_twist_openers_touch_train_and_valid_only_and_vary_the_first_word():
+    plain = generate_rows(small_cfg(twist_openers=0.0))
+    opened = generate_rows(small_cfg(twist_openers=0.5))
+    for key, rows in plain.rows.items():
+        if key[1] in ("test", "test_unseen"):
+            assert opened.rows[key] == rows, key
+
+    def the_share(gen):
+        twists = [r["spec"]["twist"] for (d, s), rows in gen.rows.items() if s in ("train", "valid") for r in rows]
+        return sum(t.startswith("the ") for t in twists) / len(twists)
+
+    assert the_share(plain) > 0.9 and 0.3 < the_share(opened) < 0.7
+    assert generate_rows(small_cfg(twist_openers=0.5)).rows == opened.rows  # deterministic
 
 
 # ----------------------------------------------------------------------------------------------- stutter pairs
