@@ -24,6 +24,7 @@ from pico.checks import check_story, failed_checks
 from pico.config import DPOConfig, OnPolicyConfig
 from pico.device import resolve_device, resolve_precision
 from pico.errors import DataError
+from pico.model import unwrap
 from pico.pairs import article_swapped_story, value_cut_story
 from pico.prompt import encode_prompt
 from pico.sampling import SamplingConfig, sample
@@ -117,8 +118,19 @@ def onpolicy_rows(model: nn.Module, tok: Tokenizer, rows: list[dict], split: str
                              dtype=dtype) if picked else []
     samples = judged([rows[i] for i in picked], texts)
     out, records, kinds, failures, dropped = list(rows), [], Counter(), Counter(), set()
+    prompt_tokens = dict(zip(picked, map(len, tok.encode_batch([rows[i]["prompt"] for i in picked]))))
+    context = unwrap(model).cfg.max_seq_len
+
+    def fits(i: int, story: str) -> bool:
+        """Prompt + story + end token fit the model's context (as the dpo stage checks every pair): a story that
+        ran to the end of the context cannot be trained on with its end token."""
+        return prompt_tokens[i] + len(tok.encode(story)) + 1 <= context
+
     for i, stories in zip(picked, samples):
-        pair = onpolicy_pair(rows[i], stories, "self" if cfg.chosen == "self_only" else cfg.chosen, cfg.rejected)
+        usable = [s for s in stories if fits(i, s["text"])]
+        if len(usable) < len(stories):
+            kinds["too_long"] += len(stories) - len(usable)
+        pair = onpolicy_pair(rows[i], usable, "self" if cfg.chosen == "self_only" else cfg.chosen, cfg.rejected)
         if cfg.chosen == "self_only" and (pair is None or pair["pair_kind"] != "onpolicy_both"):
             dropped.add(i)  # no pair of the model's own stories: its row leaves rather than keep a template story
             kinds["dropped"] += 1
@@ -141,7 +153,7 @@ def onpolicy_rows(model: nn.Module, tok: Tokenizer, rows: list[dict], split: str
                 continue
             spec = Spec.from_dict(rows_now[i]["spec"])
             edited = edit(rows_now[i]["chosen"], spec, rng)
-            if edited is not None:
+            if edited is not None and fits(i, edited):
                 out.append({**rows_now[i], "rejected": edited, "pair_kind": kind,
                             "rejected_failed": failed_checks(check_story(edited, spec))})
                 kinds[kind] += 1

@@ -53,9 +53,18 @@ def test_onpolicy_pair_takes_the_first_failing_and_passing_samples():
 
 
 @pytest.fixture
-def sft_model(tiny_checkpoint, tok):
-    ckpt = load_checkpoint(tiny_checkpoint[0], tokenizer_hash=tok.hash)
-    return ckpt
+def sft_model(tmp_path, tok):
+    """An untrained tiny GPT whose context holds a template pair in the tests' small tokenizer, as `generate`
+    makes sure the pipeline's does."""
+    from pico.checkpoint import save_checkpoint
+    from pico.model import build_model
+
+    cfg = config("model", type="transformer", d_model=32, n_layer=2, n_head=2, max_seq_len=1024)
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, build_model(cfg, tok.vocab_size), model_cfg=cfg, tokenizer_hash=tok.hash, stage="test",
+                    step=0)
+    return load_checkpoint(path, tokenizer_hash=tok.hash)
 
 
 def test_onpolicy_rows_rebuild_picked_pairs_from_failing_samples(sft_model, tok):
@@ -105,6 +114,35 @@ def test_self_only_drops_rows_without_a_pair_of_own_stories(sft_model, tok, monk
     verdicts.update({0: [["fluent"], ["fluent"]], 3: [[], []]})
     with pytest.raises(DataError, match="dpo.onpolicy.chosen: self_only left no train pair"):
         onpolicy_rows(sft_model.model, tok, rows, "train", cfg, 7, **kwargs)
+
+
+def test_a_story_that_does_not_fit_the_context_with_its_end_token_is_not_used(sft_model, tok, monkeypatch):
+    """A sample that ran to the end of the context has no room for its end token: as chosen or rejected it would
+    stop the dpo stage (its context check), so it is left out and counted (`too_long`)."""
+    import pico.onpolicy
+
+    rows = dpo_rows(2)
+    context = sft_model.model.cfg.max_seq_len
+    room = context - len(tok.encode(rows[0]["prompt"])) - 1  # story tokens that still fit with the end token
+    words = " ".join(["dark"] * (context + 10))
+    long_story = tok.decode(tok.encode(words)[: room + 1])  # one token too many
+    fitting = tok.decode(tok.encode(words)[:room])
+    assert len(tok.encode(fitting)) <= room < len(tok.encode(long_story))
+
+    def fake_judged(picked_rows_, texts):  # row 0: the passing story is too long; row 1: the failing one is
+        return [[{"text": long_story, "failed": []}, {"text": "short bad", "failed": ["fluent"]},
+                 {"text": fitting, "failed": []}],
+                [{"text": "short good", "failed": []}, {"text": long_story, "failed": ["fluent"]}]]
+
+    monkeypatch.setattr(pico.onpolicy, "judged", fake_judged)
+    cfg = dataclasses.replace(config("dpo").onpolicy, share=1.0, samples=2, max_new_tokens=4, chosen="self",
+                              cut_pairs=0.0)
+    kwargs = dict(batch_size=4, device=torch.device("cpu"), dtype=torch.float32)
+    out, records, counts = onpolicy_rows(sft_model.model, tok, rows, "train", cfg, 7, **kwargs)
+    assert (out[0]["chosen"], out[0]["rejected"]) == (fitting, "short bad")  # the next passing story instead
+    assert out[1] is rows[1]  # no failing story that fits: the template pair stays
+    assert counts["pairs"] == {"onpolicy_both": 1, "template_kept": 1, "too_long": 2}
+    assert len(records) == 5  # every sample is still written
 
 
 def test_cut_pairs_add_the_chosen_story_against_itself_with_a_value_cut_short(sft_model, tok):
