@@ -6,12 +6,14 @@ its val bits/byte (RESEARCH.md, finding 17).
     python benchmarks/precision_probe.py bf16-attn-fp32 240 1337   # also bf16-head-fp32, bf16-attn-head-fp32,
                                                                     # bf16-copy-fp32
     python benchmarks/precision_probe.py bf16 240 1337 lr=0.001     # any pretrain knob overridden, KEY=VALUE
+    python benchmarks/precision_probe.py bf16 540 1 warmup_steps=20 # the default's length, another seed
 
 Runs `pico.recipes.pretrain` on the workspace's `data/tokens` and params.yaml (`dvc repro pretrain` first), with
 `max_steps`, `seed` and `precision` overridden; the bf16-*-fp32 variants run one component outside autocast
 (`attn` is what bf16 training does anyway since attention trains in fp32 on CPU: `pico.model.attention`).
 Prints the val bits/byte, the second-copy NLL of repeated windows (`pico.copying.induction_nll`) and the
-training steps' tokens/s (what the stage writes as `speed.tokens_per_s`).
+training steps' tokens/s (what the stage writes as `speed.tokens_per_s`), and the largest gradient norm
+after step 10 (before clipping) with its step.
 """
 
 from __future__ import annotations
@@ -69,8 +71,11 @@ def main(argv: list[str]) -> int:
     out = pretrain(cfg, params.model, tok, train, val)
     with torch.no_grad():  # the copying that bf16 runs were seen to lag on (RESEARCH.md, finding 22)
         copy = induction_nll(out.model, induction_batch(val, length=60))
+    # the largest pre-clip gradient norm after the first 10 steps: a loss spike shows here (RESEARCH.md, finding 58)
+    spike = max((row["grad_norm"], row["step"]) for row in out.result.train_curve if row["step"] > 10)
     print(f"{variant} steps {steps} seed {seed} {' '.join(argv[3:])}: val_bpb {out.metrics['val_bpb']:.4f} "
           f"train_loss {out.metrics['train_loss']:.4f} induction_nll_second {copy['induction_nll_second']:.3f} "
+          f"max_grad_norm {spike[0]:.2f} at step {spike[1]} "
           f"tokens_per_s {out.result.tokens_per_s:.0f} ({time.time() - start:.0f} s)")
     return 0
 
