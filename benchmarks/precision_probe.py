@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
     out = pretrain(cfg, params.model, tok, train, val)
     with torch.no_grad():  # the copying that bf16 runs were seen to lag on (RESEARCH.md, finding 22)
         copy = induction_nll(out.model, induction_batch(val, length=60))
-    # the largest pre-clip gradient norm after the first 10 steps: a loss spike shows here (RESEARCH.md, finding 58)
+    # the largest pre-clip gradient norm after step 10: where a run spiked (not by itself a failed run: finding 58)
     spike = max((row["grad_norm"], row["step"]) for row in out.result.train_curve if row["step"] > 10)
     print(f"{variant} steps {steps} seed {seed} {' '.join(argv[3:])}: val_bpb {out.metrics['val_bpb']:.4f} "
           f"train_loss {out.metrics['train_loss']:.4f} induction_nll_second {copy['induction_nll_second']:.3f} "

@@ -1,0 +1,89 @@
+"""The article at a value's first mention, teacher-forced: does a checkpoint give the value's own article ("a" or
+"an", as the spec writes it) more probability than the other one? (RESEARCH.md, finding 59.)
+
+    python benchmarks/article_probe.py data/sft/test_unseen.jsonl checkpoints/sft.pt [more checkpoints ...]
+
+For every row (prompt, reference story, spec) and each of the setting and the object, at the token where the story
+first writes the value's article: the mixture's probability of the value's own article and of the other one (the
+copy head's and the vocabulary side's together, as `pico.losses.model_token_logps` scores them). Prints, per
+checkpoint and field, the mean of each and how many rows put the own article above the other. Sampling turns a
+near coin flip here into the wrong articles `fluent` fails (`pico.checks.wrong_articles`).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from pico.checkpoint import load_checkpoint
+from pico.io import read_jsonl
+from pico.losses import model_token_logps
+from pico.prompt import encode_sft
+from pico.spec import Spec
+from pico.tokenizer import load_tokenizer
+
+FIELDS = ("setting", "object")
+
+
+def article_positions(tok, rows: list[dict], max_len: int) -> list[tuple[list[int], int, str, str]]:
+    """(ids, index of the article token in ids, field, article) for each row and field the story states verbatim."""
+    article_id = {}
+    for word in ("a", "an"):
+        ids = tok.encode(" " + word)
+        if len(ids) != 1:
+            raise SystemExit(f"' {word}' is {len(ids)} tokens in this tokenizer; the probe needs one")
+        article_id[word] = ids[0]
+    found = []
+    for row in rows:
+        spec, story = Spec(**row["spec"]), row["response"]
+        enc = encode_sft(tok, row["prompt"], story, max_len)
+        if enc is None:
+            continue
+        response = enc.ids[enc.loss_start:]
+        starts, at = [], 0  # character offset of each response token
+        for t in response:
+            starts.append(at)
+            at += len(tok.decode([t]))
+        for field in FIELDS:
+            value = getattr(spec, field)
+            article = value.split()[0].lower()
+            where = story.find(value)
+            if article not in article_id or where <= 0:
+                continue
+            k = next((k for k, s in enumerate(starts) if s == where - 1 and response[k] == article_id[article]), None)
+            if k is not None:
+                found.append((enc.ids, enc.loss_start + k, field, article))
+    return found, article_id
+
+
+@torch.no_grad()
+def main(argv: list[str]) -> int:
+    rows_path, ckpts = argv[0], argv[1:]
+    if not ckpts:
+        raise SystemExit(__doc__)
+    tok = load_tokenizer("data/tokenizer/tokenizer.json")
+    rows = read_jsonl(rows_path)
+    for ckpt in ckpts:
+        model = load_checkpoint(ckpt).model.eval()
+        positions, article_id = article_positions(tok, rows, model.cfg.max_seq_len)
+        stats = {f: [] for f in FIELDS}
+        for ids, k, field, article in positions:
+            x = torch.tensor([ids[:k]])
+            probs = {}
+            for word in ("a", "an"):
+                targets = torch.tensor([ids[1:k] + [article_id[word]]])
+                probs[word] = float(model_token_logps(model, x, targets)[0, -1].exp())
+            other = "an" if article == "a" else "a"
+            stats[field].append((probs[article], probs[other]))
+        for field, got in stats.items():
+            if got:
+                own, oth = sum(g[0] for g in got) / len(got), sum(g[1] for g in got) / len(got)
+                wins = sum(g[0] > g[1] for g in got)
+                print(f"{ckpt} {field}: P(own article) {own:.2f}, P(other) {oth:.2f}, own above other in "
+                      f"{wins} of {len(got)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
