@@ -67,20 +67,23 @@ def main(argv: list[str]) -> int:
     for ckpt in ckpts:
         model = load_checkpoint(ckpt).model.eval()
         positions, article_id = article_positions(tok, rows, model.cfg.max_seq_len)
+        by_row: dict[int, tuple[list[int], list[tuple[int, str, str]]]] = {}
+        for ids, k, field, article in positions:  # one forward pass a row serves both of its fields
+            by_row.setdefault(id(ids), (ids, []))[1].append((k, field, article))
         stats = {f: [] for f in FIELDS}
-        for ids, k, field, article in positions:
-            x = torch.tensor([ids[:k]])
-            probs = {}
-            for word in ("a", "an"):
-                targets = torch.tensor([ids[1:k] + [article_id[word]]])
-                probs[word] = float(model_token_logps(model, x, targets)[0, -1].exp())
-            other = "an" if article == "a" else "a"
-            stats[field].append((probs[article], probs[other]))
+        for ids, found in by_row.values():
+            x, own = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
+            other = own.clone()
+            for k, _, article in found:
+                other[0, k - 1] = article_id["an" if article == "a" else "a"]
+            p_own, p_other = (model_token_logps(model, x, targets)[0].exp() for targets in (own, other))
+            for k, field, _ in found:
+                stats[field].append((float(p_own[k - 1]), float(p_other[k - 1])))
         for field, got in stats.items():
             if got:
-                own, oth = sum(g[0] for g in got) / len(got), sum(g[1] for g in got) / len(got)
+                own_mean, other_mean = sum(g[0] for g in got) / len(got), sum(g[1] for g in got) / len(got)
                 wins = sum(g[0] > g[1] for g in got)
-                print(f"{ckpt} {field}: P(own article) {own:.2f}, P(other) {oth:.2f}, own above other in "
+                print(f"{ckpt} {field}: P(own article) {own_mean:.2f}, P(other) {other_mean:.2f}, own above other in "
                       f"{wins} of {len(got)}")
     return 0
 
