@@ -17,6 +17,7 @@ import sys
 import torch
 
 from pico.checkpoint import load_checkpoint
+from pico.copying import field_token_span
 from pico.io import read_jsonl
 from pico.losses import model_token_logps
 from pico.prompt import encode_sft
@@ -26,35 +27,37 @@ from pico.tokenizer import load_tokenizer
 FIELDS = ("setting", "object")
 
 
-def article_positions(tok, rows: list[dict], max_len: int) -> list[tuple[list[int], int, str, str]]:
-    """(ids, index of the article token in ids, field, article) for each row and field the story states verbatim."""
-    article_id = {}
+def article_ids(tok) -> dict[str, int]:
+    """The token ids of ' a' and ' an' (one token each in pico's tokenizer)."""
+    found = {}
     for word in ("a", "an"):
         ids = tok.encode(" " + word)
         if len(ids) != 1:
             raise SystemExit(f"' {word}' is {len(ids)} tokens in this tokenizer; the probe needs one")
-        article_id[word] = ids[0]
-    found = []
+        found[word] = ids[0]
+    return found
+
+
+def article_rows(tok, rows: list[dict], max_len: int, article_id: dict[str, int]) -> list[tuple[list[int], list]]:
+    """Per row: (ids, [(index of the article token in ids, field, article), ...]) for each field whose value the
+    story states verbatim, its first mention opening with the value's own article."""
+    out = []
     for row in rows:
         spec, story = Spec(**row["spec"]), row["response"]
         enc = encode_sft(tok, row["prompt"], story, max_len)
         if enc is None:
             continue
         response = enc.ids[enc.loss_start:]
-        starts, at = [], 0  # character offset of each response token
-        for t in response:
-            starts.append(at)
-            at += len(tok.decode([t]))
+        marks = []
         for field in FIELDS:
             value = getattr(spec, field)
             article = value.split()[0].lower()
-            where = story.find(value)
-            if article not in article_id or where <= 0:
-                continue
-            k = next((k for k, s in enumerate(starts) if s == where - 1 and response[k] == article_id[article]), None)
-            if k is not None:
-                found.append((enc.ids, enc.loss_start + k, field, article))
-    return found, article_id
+            span = field_token_span(tok, response, story, value)
+            if article in article_id and span is not None and response[span[0]] == article_id[article]:
+                marks.append((enc.loss_start + span[0], field, article))
+        if marks:
+            out.append((enc.ids, marks))
+    return out
 
 
 @torch.no_grad()
@@ -63,21 +66,21 @@ def main(argv: list[str]) -> int:
     if not ckpts:
         raise SystemExit(__doc__)
     tok = load_tokenizer("data/tokenizer/tokenizer.json")
-    rows = read_jsonl(rows_path)
+    article_id = article_ids(tok)
+    rows, encoded = read_jsonl(rows_path), {}
     for ckpt in ckpts:
         model = load_checkpoint(ckpt).model.eval()
-        positions, article_id = article_positions(tok, rows, model.cfg.max_seq_len)
-        by_row: dict[int, tuple[list[int], list[tuple[int, str, str]]]] = {}
-        for ids, k, field, article in positions:  # one forward pass a row serves both of its fields
-            by_row.setdefault(id(ids), (ids, []))[1].append((k, field, article))
+        max_len = model.cfg.max_seq_len
+        if max_len not in encoded:  # tokenized once for every checkpoint of the same context length
+            encoded[max_len] = article_rows(tok, rows, max_len, article_id)
         stats = {f: [] for f in FIELDS}
-        for ids, found in by_row.values():
+        for ids, marks in encoded[max_len]:  # one forward pass a row serves both of its fields
             x, own = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
             other = own.clone()
-            for k, _, article in found:
+            for k, _, article in marks:
                 other[0, k - 1] = article_id["an" if article == "a" else "a"]
             p_own, p_other = (model_token_logps(model, x, targets)[0].exp() for targets in (own, other))
-            for k, field, _ in found:
+            for k, field, _ in marks:
                 stats[field].append((float(p_own[k - 1]), float(p_other[k - 1])))
         for field, got in stats.items():
             if got:
