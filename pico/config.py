@@ -133,6 +133,9 @@ class SFTConfig(FinetuneConfig):
     copy_match: int = knob("n > 0: from SFT's first step on the copy head has exact-match terms of order n "
                            "(model.copy_match), starting at zero so SFT starts from the base model's distribution; "
                            "0: the head as the base model has it", "[0, 8]")
+    copy_start_weight: float = knob("the loss at the first token of each copy of a spec value in a story (the "
+                                    "article of 'an iron bell', a name's first token) counts this many times; "
+                                    "1 = every token alike", "[1, 100]")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -119,7 +119,7 @@ def append_rows(batch: dict, rows: torch.Tensor, mask: torch.Tensor) -> dict:
     out["input_ids"] = torch.cat([batch["input_ids"], rows[:, :-1]])
     out["targets"] = torch.cat([batch["targets"], rows[:, 1:]])
     out["loss_mask"] = torch.cat([batch["loss_mask"], mask[:, 1:].to(batch["loss_mask"].dtype)])
-    out["n_items"] = int(out["loss_mask"].sum().item())
+    out["n_items"] = float(out["loss_mask"].sum().item())
     out["tokens"] = batch["tokens"] + rows.shape[0] * (rows.shape[1] - 1)
     return out
 

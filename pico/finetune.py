@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from pico.device import autocast_for, dist_info
 from pico.losses import model_token_logps
-from pico.prompt import Encoded, encode_responses, encode_sft, parse_prompt, with_copies_skipped
+from pico.prompt import Encoded, encode_responses, encode_sft, parse_prompt, with_copies_skipped, with_copy_starts
 from pico.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,15 @@ def encode_rows(rows: list[dict], encode_row: Callable[[dict], Any]) -> tuple[li
     return out, report
 
 
-def encode_sft_rows(tok: Tokenizer, rows: list[dict], max_len: int,
-                    truncation: str) -> tuple[list[Encoded], EncodeReport]:
-    return encode_rows(rows, lambda row: encode_sft(tok, row["prompt"], row["response"], max_len, truncation))
+def encode_sft_rows(tok: Tokenizer, rows: list[dict], max_len: int, truncation: str,
+                    copy_starts: bool = False) -> tuple[list[Encoded], EncodeReport]:
+    """`copy_starts`: each row's `starts` marks where its story starts a copy of a spec value (`with_copy_starts`)."""
+    def encode(row: dict) -> Encoded | None:
+        encoded = encode_sft(tok, row["prompt"], row["response"], max_len, truncation)
+        if encoded is None or not copy_starts:
+            return encoded
+        return with_copy_starts(tok, encoded, row["response"], parse_prompt(row["prompt"]))
+    return encode_rows(rows, encode)
 
 
 @dataclass(frozen=True)
@@ -138,9 +144,14 @@ def collate(encoded: list[Encoded]) -> dict:
     return batch
 
 
-def sft_batch(encoded: list[Encoded]) -> dict:
+def sft_batch(encoded: list[Encoded], start_weight: float = 1.0) -> dict:
+    """`start_weight` != 1: the loss at each row's copy starts (`Encoded.starts`) counts that many times, and
+    the mean divides by the weights' sum."""
     batch = collate(encoded)
-    batch["n_items"] = int(batch["loss_mask"].sum().item())  # the loss sums over response tokens
+    if start_weight != 1.0:
+        for i, e in enumerate(encoded):
+            batch["loss_mask"][i, [e.loss_start - 1 + j for j in e.starts]] = start_weight
+    batch["n_items"] = float(batch["loss_mask"].sum().item())  # the loss sums over response tokens
     return batch
 
 

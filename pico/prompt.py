@@ -65,7 +65,7 @@ class Encoded:
     loss_start: int
     truncated: bool  # prompt cut from the left to fit max_len
     skip: tuple[int, ...] = ()  # response positions (0 = first response id) DPO's log-ratios leave out
-
+    starts: tuple[int, ...] = ()  # response positions where a copy of a spec value starts (SFT may weight them)
 
     @property
     def n_loss_tokens(self) -> int:
@@ -151,7 +151,17 @@ def with_copies_skipped(tok: Tokenizer, encoded: Encoded, response: str, spec: S
     """`encoded` with `skip` set to the response tokens that copy a value of `spec` (`copied_value_spans`)."""
     response_ids = encoded.ids[encoded.loss_start : -1]  # the response, without its EOS
     skip = token_positions(tok, response_ids, response, copied_value_spans(response, spec))
-    return Encoded(encoded.ids, encoded.loss_start, encoded.truncated, skip)
+    return Encoded(encoded.ids, encoded.loss_start, encoded.truncated, skip, encoded.starts)
+
+
+def with_copy_starts(tok: Tokenizer, encoded: Encoded, response: str, spec: Spec) -> Encoded:
+    """`encoded` with `starts` set to the first token of each copy of a value of `spec` (`copied_value_spans`):
+    the article of "an iron bell", a name's first token. There the model must find the value in the prompt
+    without the previous token to match on (the copy head's exact-match terms only continue a copy)."""
+    response_ids = encoded.ids[encoded.loss_start : -1]
+    firsts = {token_positions(tok, response_ids, response, [(s, s + 1)])[0]
+              for s, _ in copied_value_spans(response, spec)}
+    return Encoded(encoded.ids, encoded.loss_start, encoded.truncated, encoded.skip, tuple(sorted(firsts)))
 
 
 # ----------------------------------------------------------------------------------------------- lengths

@@ -298,3 +298,41 @@ def test_skipped_copies_leave_the_log_ratios_but_not_the_rpo_nll(tok):
     full_nll = -(token * batch["loss_mask"])[0].sum().item() / pairs[0].n_tokens[0]
     assert stats["nll/chosen"].item() == pytest.approx(full_nll, rel=1e-5)
     assert (batch["pref_mask"] < batch["loss_mask"]).any(dim=1).tolist() == [True, True]
+
+
+# ----------------------------------------------------------------------------------------------- copy starts
+def test_copy_starts_are_the_first_token_of_each_copy(tok):
+    from pico.prompt import copied_value_spans, parse_prompt
+
+    spec = parse_prompt(SPEC_PROMPT)
+    story = "Mina found an old barn. Kai held a brass key and said never open the red door. The key was cold."
+    (enc,), _ = encode_sft_rows(tok, [{"prompt": SPEC_PROMPT, "response": story}], 256, "left", copy_starts=True)
+    ids = enc.ids[enc.loss_start:-1]
+    firsts = [tok.decode([ids[j]]) for j in enc.starts]  # the test tokenizer splits words: the first piece
+    assert [w.startswith(t) for t, w in zip(firsts, ["Mina", " an", "Kai", " a", " never"])] == [True] * 5
+    assert tok.decode(ids[: enc.starts[1]]) == "Mina found"  # the copy starts at the article
+    assert len(enc.starts) == len(copied_value_spans(story, spec))  # "The key" copies nothing: not a start
+    (plain,), _ = encode_sft_rows(tok, [{"prompt": SPEC_PROMPT, "response": story}], 256, "left")
+    assert plain.starts == () and plain.ids == enc.ids
+
+
+def test_start_weight_scales_the_loss_at_copy_starts_and_the_mean_with_it(tok):
+    from pico.losses import model_token_logps
+
+    rows = [{"prompt": SPEC_PROMPT, "response": "Mina found an old barn. The night was cold."},
+            {"prompt": SPEC_PROMPT, "response": "Kai held a brass key."}]
+    encoded, _ = encode_sft_rows(tok, rows, 256, "left", copy_starts=True)
+    plain, weighted = sft_batch(encoded), sft_batch(encoded, start_weight=4.0)
+    assert torch.equal(plain["loss_mask"], collate(encoded)["loss_mask"])  # weight 1: the mask as before
+    extra = weighted["loss_mask"] - plain["loss_mask"]
+    where = [(i, e.loss_start - 1 + j) for i, e in enumerate(encoded) for j in e.starts]
+    assert sorted(map(tuple, extra.nonzero().tolist())) == sorted(where) and len(where) == 4
+    assert (extra[extra > 0] == 3.0).all()
+    assert weighted["n_items"] == plain["n_items"] + 3.0 * len(where)
+    model = tiny_model(tok, seed=3, max_seq_len=256).eval()
+    with torch.no_grad():
+        loss_plain, _ = lm_loss(model, plain)
+        loss_weighted, _ = lm_loss(model, weighted)
+        logp = model_token_logps(model, plain["input_ids"], plain["targets"])
+    at_starts = -sum(logp[i, t].item() for i, t in where)
+    assert loss_weighted.item() == pytest.approx(loss_plain.item() + 3.0 * at_starts, rel=1e-4)

@@ -111,12 +111,13 @@ def sft(cfg: SFTConfig, base: Checkpoint, tok: Tokenizer, train_rows: list[dict]
         base = without_line_break_copies(base, tok)
     if cfg.copy_match:
         base = with_copy_match(base, cfg.copy_match)
-    encoded = _encode(cfg, base, encode_sft_rows, tok, {"train": train_rows, "valid": valid_rows})
+    encode = functools.partial(encode_sft_rows, copy_starts=cfg.copy_start_weight != 1)
+    encoded = _encode(cfg, base, encode, tok, {"train": train_rows, "valid": valid_rows})
     (train_enc, train_report), (valid_enc, valid_report) = encoded["train"], encoded["valid"]
 
-    def batches(encoded):
+    def batches(encoded, start_weight: float = 1.0):  # validation and the reported losses: every token once
         return BucketedBatches([len(e.ids) for e in encoded], cfg.batch_size, cfg.seed,
-                               lambda idx: sft_batch([encoded[i] for i in idx]))
+                               lambda idx: sft_batch([encoded[i] for i in idx], start_weight))
 
     valid_batches = batches(valid_enc).all_in_order()
 
@@ -124,7 +125,7 @@ def sft(cfg: SFTConfig, base: Checkpoint, tok: Tokenizer, train_rows: list[dict]
         return {"val_loss": evaluate_loss(model, valid_batches, lm_loss, device, dtype=dtype)["val_loss"]}
 
     run_id = fingerprint("sft", asdict(cfg), *inputs_id)
-    train_batches = batches(train_enc)
+    train_batches = batches(train_enc, cfg.copy_start_weight)
     get_batch = train_batches.micro
     if cfg.copy_share > 0:  # induction rows from the train rows' own tokens keep the base model's copying
         stream = torch.tensor([i for e in train_enc for i in e.ids])
