@@ -155,12 +155,15 @@ def with_copies_skipped(tok: Tokenizer, encoded: Encoded, response: str, spec: S
 
 
 def with_copy_starts(tok: Tokenizer, encoded: Encoded, response: str, spec: Spec) -> Encoded:
-    """`encoded` with `starts` set to the first token of each copy of a value of `spec` (`copied_value_spans`):
-    the article of "an iron bell", a name's first token. There the model must find the value in the prompt
-    without the previous token to match on (the copy head's exact-match terms only continue a copy)."""
+    """`encoded` with `starts` set to the first token of each copy of a value of `spec` (`copied_value_spans`)
+    that the prompt holds: the article of "an iron bell", " Kofi" after a word. There the model must find the
+    value in the prompt without the previous token to match on (the copy head's exact-match terms only continue a
+    copy). A copy whose first token the prompt lacks ("Kofi" opening a paragraph, without its space) is left out:
+    only the vocabulary side can write it, and weighting it teaches the training values' names (RESEARCH.md 60)."""
     response_ids = encoded.ids[encoded.loss_start : -1]
-    firsts = {token_positions(tok, response_ids, response, [(s, s + 1)])[0]
-              for s, _ in copied_value_spans(response, spec)}
+    in_prompt = set(encoded.ids[: encoded.loss_start])
+    firsts = {j for s, _ in copied_value_spans(response, spec)
+              for j in token_positions(tok, response_ids, response, [(s, s + 1)])[:1] if response_ids[j] in in_prompt}
     return Encoded(encoded.ids, encoded.loss_start, encoded.truncated, encoded.skip, tuple(sorted(firsts)))
 
 

@@ -301,17 +301,22 @@ def test_skipped_copies_leave_the_log_ratios_but_not_the_rpo_nll(tok):
 
 
 # ----------------------------------------------------------------------------------------------- copy starts
-def test_copy_starts_are_the_first_token_of_each_copy(tok):
+def test_copy_starts_are_the_first_token_of_each_copy_the_prompt_holds(tok):
     from pico.prompt import copied_value_spans, parse_prompt
 
     spec = parse_prompt(SPEC_PROMPT)
-    story = "Mina found an old barn. Kai held a brass key and said never open the red door. The key was cold."
+    story = "Mina found an old barn.\n\nKai held a brass key, and said never open the red door. The key was cold."
     (enc,), _ = encode_sft_rows(tok, [{"prompt": SPEC_PROMPT, "response": story}], 256, "left", copy_starts=True)
-    ids = enc.ids[enc.loss_start:-1]
-    firsts = [tok.decode([ids[j]]) for j in enc.starts]  # the test tokenizer splits words: the first piece
-    assert [w.startswith(t) for t, w in zip(firsts, ["Mina", " an", "Kai", " a", " never"])] == [True] * 5
-    assert tok.decode(ids[: enc.starts[1]]) == "Mina found"  # the copy starts at the article
-    assert len(enc.starts) == len(copied_value_spans(story, spec))  # "The key" copies nothing: not a start
+    ids, prompt_ids = enc.ids[enc.loss_start:-1], enc.ids[: enc.loss_start]
+    copies = copied_value_spans(story, spec)
+    assert [story[s:e] for s, e in copies] == ["Mina", "an old barn", "Kai", "a brass key", "never open the red door"]
+    # the copies' first tokens, found here from the decoded text: the token that ends where the text before the
+    # copy ends, plus one ("The key" copies nothing)
+    firsts = [next(j for j in range(len(ids)) if len(tok.decode(ids[: j + 1])) > s) for s, _ in copies]
+    assert enc.starts == tuple(j for j in firsts if ids[j] in prompt_ids)
+    assert tok.decode(ids[: enc.starts[0]]) == "Mina found"  # the copy of the setting starts at its article
+    # the story's first word, "Mina" without a space, is a token the prompt (" M", "in", "a") lacks: left out
+    assert ids[firsts[0]] not in prompt_ids and firsts[0] not in enc.starts and len(enc.starts) == 4
     (plain,), _ = encode_sft_rows(tok, [{"prompt": SPEC_PROMPT, "response": story}], 256, "left")
     assert plain.starts == () and plain.ids == enc.ids
 
@@ -326,7 +331,7 @@ def test_start_weight_scales_the_loss_at_copy_starts_and_the_mean_with_it(tok):
     assert torch.equal(plain["loss_mask"], collate(encoded)["loss_mask"])  # weight 1: the mask as before
     extra = weighted["loss_mask"] - plain["loss_mask"]
     where = [(i, e.loss_start - 1 + j) for i, e in enumerate(encoded) for j in e.starts]
-    assert sorted(map(tuple, extra.nonzero().tolist())) == sorted(where) and len(where) == 4
+    assert sorted(map(tuple, extra.nonzero().tolist())) == sorted(where) and len(where) >= 2
     assert (extra[extra > 0] == 3.0).all()
     assert weighted["n_items"] == plain["n_items"] + 3.0 * len(where)
     model = tiny_model(tok, seed=3, max_seq_len=256).eval()
