@@ -5,7 +5,7 @@
 
 For every row (prompt, reference story, spec) and each of the setting and the object, at the token where the story
 first writes the value's article: the mixture's probability of the value's own article and of the other one (the
-copy head's and the vocabulary side's together, as `pico.losses.model_token_logps` scores them). Prints, per
+copy head's and the vocabulary side's together: the model's output, logits or the copy mixture's log-probs). Prints, per
 checkpoint and field, the mean of each and how many rows put the own article above the other. Sampling turns a
 near coin flip here into the wrong articles `fluent` fails (`pico.checks.wrong_articles`).
 """
@@ -19,7 +19,6 @@ import torch
 from pico.checkpoint import load_checkpoint
 from pico.copying import field_token_span
 from pico.io import read_jsonl
-from pico.losses import model_token_logps
 from pico.prompt import encode_sft
 from pico.spec import Spec
 from pico.tokenizer import load_tokenizer
@@ -74,14 +73,11 @@ def main(argv: list[str]) -> int:
         if max_len not in encoded:  # tokenized once for every checkpoint of the same context length
             encoded[max_len] = article_rows(tok, rows, max_len, article_id)
         stats = {f: [] for f in FIELDS}
-        for ids, marks in encoded[max_len]:  # one forward pass a row serves both of its fields
-            x, own = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
-            other = own.clone()
-            for k, _, article in marks:
-                other[0, k - 1] = article_id["an" if article == "a" else "a"]
-            p_own, p_other = (model_token_logps(model, x, targets)[0].exp() for targets in (own, other))
-            for k, field, _ in marks:
-                stats[field].append((float(p_own[k - 1]), float(p_other[k - 1])))
+        for ids, marks in encoded[max_len]:  # one forward pass a row serves both articles of both its fields
+            probs = torch.softmax(model(torch.tensor([ids[:-1]])).float()[0], dim=-1)  # logits or mixture log-probs
+            for k, field, article in marks:
+                other = "an" if article == "a" else "a"
+                stats[field].append((float(probs[k - 1, article_id[article]]), float(probs[k - 1, article_id[other]])))
         for field, got in stats.items():
             if got:
                 own_mean, other_mean = sum(g[0] for g in got) / len(got), sum(g[1] for g in got) / len(got)
