@@ -136,6 +136,8 @@ class SFTConfig(FinetuneConfig):
     copy_start_weight: float = knob("the loss at the first token of each copy of a spec value in a story (the "
                                     "article of 'an iron bell', a name's first token) counts this many times; "
                                     "1 = every token alike", "[1, 100]")
+    copy_continue_weight: float = knob("the loss at each later token of such a copy (the 'il', 'as' of ' S il as' "
+                                       "for Silas) counts this many times; 1 = every token alike", "[1, 100]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,7 +215,8 @@ class GenerateConfig(Section):
     fresh_words: float = knob("share of train/valid object, taboo and twist values (each drawn on its own) whose "
                               "last word becomes a made-up one (pico.spec.compose_word)", "[0, 1]")
     an_values: float = knob("share of train/valid setting and object values starting \"a \" (each drawn on its own) "
-                            "given a vowel-initial adjective, so their article is \"an\" (pico.generate.with_an_values)",
+                            "given a vowel-initial adjective, so their article is \"an\" "
+                            "(pico.generate.with_an_values)",
                             "[0, 1]")
     twist_openers: float = knob("share of train/valid twists opened by an adverbial (\"all along the ...\"), so a "
                                 "twist's first word is not always \"the\" (pico.generate.with_twist_openers)", "[0, 1]")

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from pico.device import autocast_for, dist_info
 from pico.losses import model_token_logps
-from pico.prompt import Encoded, encode_responses, encode_sft, parse_prompt, with_copies_skipped, with_copy_starts
+from pico.prompt import Encoded, encode_responses, encode_sft, parse_prompt, with_copies_skipped, with_copy_positions
 from pico.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,14 @@ def encode_rows(rows: list[dict], encode_row: Callable[[dict], Any]) -> tuple[li
 
 
 def encode_sft_rows(tok: Tokenizer, rows: list[dict], max_len: int, truncation: str,
-                    copy_starts: bool = False) -> tuple[list[Encoded], EncodeReport]:
-    """`copy_starts`: each row's `starts` marks where its story starts a copy of a spec value (`with_copy_starts`)."""
+                    mark_copies: bool = False) -> tuple[list[Encoded], EncodeReport]:
+    """`mark_copies`: each row's `starts` and `continues` mark where its story copies a spec value
+    (`with_copy_positions`)."""
     def encode(row: dict) -> Encoded | None:
         encoded = encode_sft(tok, row["prompt"], row["response"], max_len, truncation)
-        if encoded is None or not copy_starts:
+        if encoded is None or not mark_copies:
             return encoded
-        return with_copy_starts(tok, encoded, row["response"], parse_prompt(row["prompt"]))
+        return with_copy_positions(tok, encoded, row["response"], parse_prompt(row["prompt"]))
     return encode_rows(rows, encode)
 
 
@@ -144,13 +145,14 @@ def collate(encoded: list[Encoded]) -> dict:
     return batch
 
 
-def sft_batch(encoded: list[Encoded], start_weight: float = 1.0) -> dict:
-    """`start_weight` != 1: the loss at each row's copy starts (`Encoded.starts`) counts that many times, and
-    the mean divides by the weights' sum."""
+def sft_batch(encoded: list[Encoded], start_weight: float = 1.0, continue_weight: float = 1.0) -> dict:
+    """A weight != 1: the loss at each row's copy starts (`Encoded.starts`), or at its copies' later tokens
+    (`Encoded.continues`), counts that many times, and the mean divides by the weights' sum."""
     batch = collate(encoded)
-    if start_weight != 1.0:
-        for i, e in enumerate(encoded):
-            batch["loss_mask"][i, [e.loss_start - 1 + j for j in e.starts]] = start_weight
+    for weight, positions in ((start_weight, "starts"), (continue_weight, "continues")):
+        if weight != 1.0:
+            for i, e in enumerate(encoded):
+                batch["loss_mask"][i, [e.loss_start - 1 + j for j in getattr(e, positions)]] = weight
     batch["n_items"] = float(batch["loss_mask"].sum().item())  # the loss sums over response tokens
     return batch
 

@@ -66,6 +66,7 @@ class Encoded:
     truncated: bool  # prompt cut from the left to fit max_len
     skip: tuple[int, ...] = ()  # response positions (0 = first response id) DPO's log-ratios leave out
     starts: tuple[int, ...] = ()  # response positions where a copy of a spec value starts (SFT may weight them)
+    continues: tuple[int, ...] = ()  # response positions of those copies' later tokens (SFT may weight them)
 
     @property
     def n_loss_tokens(self) -> int:
@@ -151,20 +152,28 @@ def with_copies_skipped(tok: Tokenizer, encoded: Encoded, response: str, spec: S
     """`encoded` with `skip` set to the response tokens that copy a value of `spec` (`copied_value_spans`)."""
     response_ids = encoded.ids[encoded.loss_start : -1]  # the response, without its EOS
     skip = token_positions(tok, response_ids, response, copied_value_spans(response, spec))
-    return Encoded(encoded.ids, encoded.loss_start, encoded.truncated, skip, encoded.starts)
+    return Encoded(encoded.ids, encoded.loss_start, encoded.truncated, skip, encoded.starts, encoded.continues)
 
 
-def with_copy_starts(tok: Tokenizer, encoded: Encoded, response: str, spec: Spec) -> Encoded:
+def with_copy_positions(tok: Tokenizer, encoded: Encoded, response: str, spec: Spec) -> Encoded:
     """`encoded` with `starts` set to the first token of each copy of a value of `spec` (`copied_value_spans`)
-    that the prompt holds: the article of "an iron bell", " Kofi" after a word. There the model must find the
-    value in the prompt without the previous token to match on (the copy head's exact-match terms only continue a
-    copy). A copy whose first token the prompt lacks ("Kofi" opening a paragraph, without its space) is left out:
-    only the vocabulary side can write it, and weighting it teaches the training values' names (RESEARCH.md 60)."""
+    that the prompt holds (the article of "an iron bell", " Kofi" after a word) and `continues` to those copies'
+    later tokens. At a start the model must find the value in the prompt without the previous token to match on
+    (the copy head's exact-match terms only continue a copy); at a later token it must go on copying rather than
+    end the word ("Sil" for Silas). A copy whose first token the prompt lacks ("Kofi" opening a paragraph, without
+    its space) is left out: only the vocabulary side can write it, and weighting it teaches the training values'
+    names (RESEARCH.md 60)."""
     response_ids = encoded.ids[encoded.loss_start : -1]
     in_prompt = set(encoded.ids[: encoded.loss_start])
-    firsts = {j for s, _ in copied_value_spans(response, spec)
-              for j in token_positions(tok, response_ids, response, [(s, s + 1)])[:1] if response_ids[j] in in_prompt}
-    return Encoded(encoded.ids, encoded.loss_start, encoded.truncated, encoded.skip, tuple(sorted(firsts)))
+    starts, continues = set(), set()
+    for span in copied_value_spans(response, spec):
+        first, *rest = token_positions(tok, response_ids, response, [span]) or (None,)
+        if first is not None and response_ids[first] in in_prompt:
+            starts.add(first)
+            continues.update(rest)
+    continues -= starts  # a token that ends one copy and starts the next (none in pico's values) counts as a start
+    return Encoded(encoded.ids, encoded.loss_start, encoded.truncated, encoded.skip, tuple(sorted(starts)),
+                   tuple(sorted(continues)))
 
 
 # ----------------------------------------------------------------------------------------------- lengths

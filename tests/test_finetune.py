@@ -306,7 +306,7 @@ def test_copy_starts_are_the_first_token_of_each_copy_the_prompt_holds(tok):
 
     spec = parse_prompt(SPEC_PROMPT)
     story = "Mina found an old barn.\n\nKai held a brass key, and said never open the red door. The key was cold."
-    (enc,), _ = encode_sft_rows(tok, [{"prompt": SPEC_PROMPT, "response": story}], 256, "left", copy_starts=True)
+    (enc,), _ = encode_sft_rows(tok, [{"prompt": SPEC_PROMPT, "response": story}], 256, "left", mark_copies=True)
     ids, prompt_ids = enc.ids[enc.loss_start:-1], enc.ids[: enc.loss_start]
     copies = copied_value_spans(story, spec)
     assert [story[s:e] for s, e in copies] == ["Mina", "an old barn", "Kai", "a brass key", "never open the red door"]
@@ -317,8 +317,16 @@ def test_copy_starts_are_the_first_token_of_each_copy_the_prompt_holds(tok):
     assert tok.decode(ids[: enc.starts[0]]) == "Mina found"  # the copy of the setting starts at its article
     # the story's first word, "Mina" without a space, is a token the prompt (" M", "in", "a") lacks: left out
     assert ids[firsts[0]] not in prompt_ids and firsts[0] not in enc.starts and len(enc.starts) == 4
+    # each copy's later tokens continue it: together with its start they are the tokens its characters span
+    for s, e in copies[1:]:
+        first = next(j for j in enc.starts if len(tok.decode(ids[: j + 1])) > s)
+        later = [j for j in enc.continues if first < j and len(tok.decode(ids[:j])) < e]
+        assert tok.decode(ids[first : first + 1 + len(later)]).strip() == story[s:e]
+        assert later == list(range(first + 1, first + 1 + len(later)))
+    # the left-out copy ("Mina") marks neither its start nor its later tokens
+    assert not set(enc.continues) & set(range(firsts[1])) and not set(enc.starts) & set(enc.continues)
     (plain,), _ = encode_sft_rows(tok, [{"prompt": SPEC_PROMPT, "response": story}], 256, "left")
-    assert plain.starts == () and plain.ids == enc.ids
+    assert plain.starts == () == plain.continues and plain.ids == enc.ids
 
 
 def test_start_weight_scales_the_loss_at_copy_starts_and_the_mean_with_it(tok):
@@ -326,7 +334,7 @@ def test_start_weight_scales_the_loss_at_copy_starts_and_the_mean_with_it(tok):
 
     rows = [{"prompt": SPEC_PROMPT, "response": "Mina found an old barn. The night was cold."},
             {"prompt": SPEC_PROMPT, "response": "Kai held a brass key."}]
-    encoded, _ = encode_sft_rows(tok, rows, 256, "left", copy_starts=True)
+    encoded, _ = encode_sft_rows(tok, rows, 256, "left", mark_copies=True)
     plain, weighted = sft_batch(encoded), sft_batch(encoded, start_weight=4.0)
     assert torch.equal(plain["loss_mask"], collate(encoded)["loss_mask"])  # weight 1: the mask as before
     extra = weighted["loss_mask"] - plain["loss_mask"]
@@ -341,3 +349,19 @@ def test_start_weight_scales_the_loss_at_copy_starts_and_the_mean_with_it(tok):
         logp = model_token_logps(model, plain["input_ids"], plain["targets"])
     at_starts = -sum(logp[i, t].item() for i, t in where)
     assert loss_weighted.item() == pytest.approx(loss_plain.item() + 3.0 * at_starts, rel=1e-4)
+
+
+def test_continue_weight_scales_the_loss_at_a_copys_later_tokens_only(tok):
+    rows = [{"prompt": SPEC_PROMPT, "response": "Mina found an old barn. The night was cold."},
+            {"prompt": SPEC_PROMPT, "response": "Kai held a brass key."}]
+    encoded, _ = encode_sft_rows(tok, rows, 256, "left", mark_copies=True)
+    plain, both = sft_batch(encoded), sft_batch(encoded, start_weight=2.0, continue_weight=5.0)
+    extra = both["loss_mask"] - plain["loss_mask"]
+    starts = {(i, e.loss_start - 1 + j) for i, e in enumerate(encoded) for j in e.starts}
+    later = {(i, e.loss_start - 1 + j) for i, e in enumerate(encoded) for j in e.continues}
+    assert len(later) >= 4 and not starts & later
+    assert {tuple(w) for w in extra.nonzero().tolist()} == starts | later
+    assert all(extra[i, t] == 1.0 for i, t in starts) and all(extra[i, t] == 4.0 for i, t in later)
+    assert both["n_items"] == plain["n_items"] + 1.0 * len(starts) + 4.0 * len(later)
+    only = sft_batch(encoded, continue_weight=5.0)  # the starts keep weight 1 when only the later tokens weigh more
+    assert {tuple(w) for w in (only["loss_mask"] - plain["loss_mask"]).nonzero().tolist()} == later

@@ -111,13 +111,14 @@ def sft(cfg: SFTConfig, base: Checkpoint, tok: Tokenizer, train_rows: list[dict]
         base = without_line_break_copies(base, tok)
     if cfg.copy_match:
         base = with_copy_match(base, cfg.copy_match)
-    encode = functools.partial(encode_sft_rows, copy_starts=cfg.copy_start_weight != 1)
+    weights = (cfg.copy_start_weight, cfg.copy_continue_weight)
+    encode = functools.partial(encode_sft_rows, mark_copies=weights != (1, 1))
     encoded = _encode(cfg, base, encode, tok, {"train": train_rows, "valid": valid_rows})
     (train_enc, train_report), (valid_enc, valid_report) = encoded["train"], encoded["valid"]
 
-    def batches(encoded, start_weight: float = 1.0):  # validation and the reported losses: every token once
+    def batches(encoded, *weights: float):  # validation and the reported losses: every token once
         return BucketedBatches([len(e.ids) for e in encoded], cfg.batch_size, cfg.seed,
-                               lambda idx: sft_batch([encoded[i] for i in idx], start_weight))
+                               lambda idx: sft_batch([encoded[i] for i in idx], *weights))
 
     valid_batches = batches(valid_enc).all_in_order()
 
@@ -125,7 +126,7 @@ def sft(cfg: SFTConfig, base: Checkpoint, tok: Tokenizer, train_rows: list[dict]
         return {"val_loss": evaluate_loss(model, valid_batches, lm_loss, device, dtype=dtype)["val_loss"]}
 
     run_id = fingerprint("sft", asdict(cfg), *inputs_id)
-    train_batches = batches(train_enc, cfg.copy_start_weight)
+    train_batches = batches(train_enc, *weights)
     get_batch = train_batches.micro
     if cfg.copy_share > 0:  # induction rows from the train rows' own tokens keep the base model's copying
         stream = torch.tensor([i for e in train_enc for i in e.ids])
