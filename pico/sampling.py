@@ -27,7 +27,7 @@ class SamplingConfig:
     top_k: int  # 0 = off
     top_p: float  # 1.0 = off
     max_new_tokens: int
-    no_repeat_ngram: int  # forbid repeating an n-gram of the generated text unless the prompt has it; 0 = off
+    no_repeat_ngram: int  # forbid repeating an n-gram of the generated text (NgramGuard); 0 = off
     seed: int
 
     @classmethod
@@ -58,16 +58,29 @@ def ngrams(seq: list[int], n: int) -> set[tuple[int, ...]]:
 
 
 class NgramGuard:
-    """Which next tokens would repeat an n-gram of the text generated so far, unless that n-gram is `allowed`
-    (the prompt's: a story may say its spec's phrases, a name or the object, as often as it needs).
+    """Which next tokens would repeat an n-gram of the text generated so far. A story may say its spec's phrases
+    (a name, the object, the taboo rule) as often as it needs, so two kinds of repeat are let through: an n-gram of
+    the prompt (`allowed`), and a token that continues a copy of the prompt (`copy_bigrams`: the previous token and
+    this one stand side by side in the prompt). Without the second, a name said again after the same words breaks:
+    the 4-gram ". S il" + "as" of a second ". Silas" is a repeat the prompt's ": Silas" does not allow, so the
+    sampler had to write "Sil saw it" (RESEARCH.md finding 63). Loops are still cut where a copy ends.
 
     Kept up to date token by token (`add`), so a step costs one lookup, not a scan of the whole text.
     """
 
-    def __init__(self, n: int, allowed: set[tuple[int, ...]] = frozenset()):
+    def __init__(self, n: int, allowed: set[tuple[int, ...]] = frozenset(),
+                 copy_bigrams: set[tuple[int, ...]] = frozenset()):
         self.n, self.allowed = n, allowed
         self.seq: list[int] = []
         self.followers: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram -> the tokens that followed it
+        self.copy_next: dict[int, set[int]] = {}  # token -> the tokens that follow it in the prompt
+        for a, b in copy_bigrams:
+            self.copy_next.setdefault(a, set()).add(b)
+
+    @classmethod
+    def for_prompt(cls, n: int, prompt: list[int]) -> "NgramGuard":
+        """The guard of a story continuing `prompt`: its n-grams may recur, and its copies may go on."""
+        return cls(n, ngrams(prompt, n), ngrams(prompt, 2))
 
     def add(self, token: int) -> None:
         self.seq.append(token)
@@ -79,12 +92,14 @@ class NgramGuard:
     def banned(self) -> set[int]:
         if self.n <= 0 or len(self.seq) < self.n:
             return set()
-        return self.followers.get(tuple(self.seq[len(self.seq) - self.n + 1 :]), set())
+        found = self.followers.get(tuple(self.seq[len(self.seq) - self.n + 1 :]), set())
+        return found - self.copy_next.get(self.seq[-1], set()) if found and self.copy_next else found
 
 
-def banned_by_ngram(seq: list[int], n: int, allowed: set[tuple[int, ...]] = frozenset()) -> set[int]:
-    """Tokens that would repeat an n-gram already in `seq`, unless that n-gram is `allowed` (see NgramGuard)."""
-    guard = NgramGuard(n, allowed)
+def banned_by_ngram(seq: list[int], n: int, allowed: set[tuple[int, ...]] = frozenset(),
+                    copy_bigrams: set[tuple[int, ...]] = frozenset()) -> set[int]:
+    """Tokens that would repeat an n-gram already in `seq`, unless the repeat is let through (see NgramGuard)."""
+    guard = NgramGuard(n, allowed, copy_bigrams)
     for token in seq:
         guard.add(token)
     return guard.banned()
@@ -179,7 +194,7 @@ def _generate_batch(model, prompts, cfg, eos_id, gens, use_cache, device) -> lis
     idx, valid = idx.to(device), valid.to(device)
     seqs = [list(p) for p in prompts]
     new: list[list[int]] = [[] for _ in prompts]
-    guards = [NgramGuard(cfg.no_repeat_ngram, ngrams(p, cfg.no_repeat_ngram)) for p in prompts]
+    guards = [NgramGuard.for_prompt(cfg.no_repeat_ngram, p) for p in prompts]
     rows = list(range(B))  # the prompt of each row of the batch now; finished rows leave it (with their cache)
     done = [False] * B
     cache = model.new_cache(B, width + budget) if use_cache else None

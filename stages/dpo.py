@@ -9,6 +9,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this copy's pico: queued exps run in temp copies
+import pico.model
+import pico.onpolicy
+import pico.sampling
 from pico.checkpoint import load_checkpoint
 from pico.config import load_params
 from pico.device import check_batch_fits, is_main_process, resolve_device
@@ -33,6 +36,14 @@ def read_earlier(path: str) -> list[dict]:
         return []
 
 
+def samples_fingerprint(cfg, inputs_id: tuple) -> str:
+    """What the on-policy stories depend on: the SFT model and rows (`inputs_id`), the sampling settings, and the
+    code that draws them, so that a change to the sampler draws them again instead of reusing the last run's."""
+    sampler_code = tuple(sha256_file(m.__file__) for m in (pico.model, pico.onpolicy, pico.sampling))
+    return fingerprint("dpo-samples", *inputs_id, cfg.onpolicy.sampling_settings(), cfg.seed, cfg.device,
+                       cfg.precision, *sampler_code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = stage_args(__doc__, ["sft", "tokenizer", "train", "valid", "out", "reference-out", "samples-out", "metrics",
                                 "plots-dir"],
@@ -47,9 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [read_jsonl(path, texts=("prompt", "chosen", "rejected")) for path in (args.train, args.valid)]
     inputs_id = tuple(sha256_file(path) for path in (args.sft, args.train, args.valid))
     # on-policy pairs: the SFT model's own stories on these prompts, judged by the checker (pico/onpolicy.py);
-    # the stories of the last run are reused while the model, rows and sampling settings stay (a beta sweep)
-    samples_id = fingerprint("dpo-samples", *inputs_id, cfg.onpolicy.sampling_settings(), cfg.seed, cfg.device,
-                             cfg.precision)
+    # the stories of the last run are reused while the model, rows, sampling settings and sampler stay (a beta sweep)
+    samples_id = samples_fingerprint(cfg, inputs_id)
     earlier = [r for r in read_earlier(args.samples_out) if r.get("fingerprint") == samples_id]
     splits, samples, onpolicy = onpolicy_pairs(cfg, sft_ckpt, tok, {"train": rows[0], "valid": rows[1]}, earlier)
     if onpolicy:

@@ -215,3 +215,25 @@ def test_earlier_records_are_reused_and_judged_again(sft_model, tok, monkeypatch
     assert earlier_texts(records, "valid", list(range(5)), 2) is None  # another split's
     with pytest.raises(AssertionError, match="sampled although"):
         onpolicy_rows(sft_model.model, tok, rows, "train", cfg, 7, earlier=records[:-1], **kwargs)
+
+
+def test_a_change_to_the_sampler_draws_the_on_policy_stories_again(monkeypatch):
+    """stages/dpo.py reuses the last run's stories only while the code that drew them is the same: a fix to the
+    n-gram guard reused the stories of the guard before it (RESEARCH.md finding 63)."""
+    import importlib.util
+    from pathlib import Path
+
+    import pico.sampling
+
+    path = Path(__file__).resolve().parents[1] / "stages" / "dpo.py"
+    spec = importlib.util.spec_from_file_location("dpo_stage", path)
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    cfg, inputs = config("dpo"), ("sft-digest", "train-digest", "valid-digest")
+    before = stage.samples_fingerprint(cfg, inputs)
+    assert stage.samples_fingerprint(cfg, inputs) == before  # the same inputs: reused (a beta sweep)
+    assert stage.samples_fingerprint(dataclasses.replace(cfg, beta=cfg.beta * 2), inputs) == before
+    real = stage.sha256_file
+    monkeypatch.setattr(stage, "sha256_file",
+                        lambda p: "edited" if Path(p) == Path(pico.sampling.__file__) else real(p))
+    assert stage.samples_fingerprint(cfg, inputs) != before

@@ -137,6 +137,24 @@ def test_no_repeat_ngram_lets_the_generation_copy_its_prompt():
     assert banned_by_ngram([5, 6, 7, 5, 8, 7, 5], 2, allowed={(5, 6)}) == {8}
 
 
+def test_no_repeat_ngram_lets_a_copy_of_the_prompt_go_on():
+    """A name said again after the same words: ". Silas" twice, the prompt having ": Silas" (" S", "il", "as")."""
+    from pico.sampling import NgramGuard, ngrams
+
+    prompt = [9, 1, 2, 3, 4]  # ":", " S", "il", "as", "\n"
+    story = [7, 1, 2, 3, 5, 7, 1, 2]  # ". Silas saw. S il" + ?
+    assert banned_by_ngram(story, 4, ngrams(prompt, 4)) == {3}  # the prompt's 4-grams alone: the name must break
+    assert banned_by_ngram(story, 4, ngrams(prompt, 4), ngrams(prompt, 2)) == set()  # "il" -> "as" is a copy
+    guard = NgramGuard.for_prompt(4, prompt)
+    for token in story + [3]:
+        guard.add(token)
+    assert guard.banned() == {5}  # the copy has ended: ". Silas saw" again is a repeat, as before
+    more = [8, 7, 1, 2, 3, 6, 8, 7, 1]  # "met. Silas ran ... met. S" + ?: the 4-gram "met. S il" repeats
+    for token in more:
+        guard.add(token)
+    assert banned_by_ngram(story + [3] + more, 4, ngrams(prompt, 4)) == {2} and guard.banned() == set()
+
+
 @pytest.mark.parametrize("settings", [dict(temperature=1e-40), dict(temperature=5e-324), dict(temperature=1e-7),
                                       dict(temperature=1.0, top_p=1e-300), dict(temperature=1e-40, top_p=1e-300)])
 def test_settings_that_would_underflow_sample_greedily(settings):
@@ -190,22 +208,25 @@ def test_a_rows_draw_does_not_depend_on_its_batchmates():
 def test_ngram_guard_agrees_with_a_scan_of_the_whole_text():
     from pico.sampling import NgramGuard
 
-    def scan(seq, n, allowed):  # the definition: every n-gram of seq whose first n-1 tokens end seq
-        if len(seq) < n:
+    def scan(seq, n, allowed, copy_bigrams):  # the definition: every n-gram of seq whose first n-1 tokens end
+        if len(seq) < n:                      # seq, unless allowed or its last token continues a copy
             return set()
         prefix = tuple(seq[len(seq) - n + 1:])
         return {seq[i + n - 1] for i in range(len(seq) - n + 1)
-                if tuple(seq[i:i + n - 1]) == prefix and tuple(seq[i:i + n]) not in allowed}
+                if tuple(seq[i:i + n - 1]) == prefix and tuple(seq[i:i + n]) not in allowed
+                and (seq[-1], seq[i + n - 1]) not in copy_bigrams}
 
     g = torch.Generator().manual_seed(0)
     for n in (1, 2, 3, 4):
         for _ in range(30):
             seq = torch.randint(0, 4, (40,), generator=g).tolist()
             allowed = {tuple(seq[i:i + n]) for i in range(0, 10)}
-            guard = NgramGuard(n, allowed)
-            for t, token in enumerate(seq):
-                assert guard.banned() == scan(seq[:t], n, allowed), (n, t)
-                guard.add(token)
+            copy_bigrams = {tuple(torch.randint(0, 4, (2,), generator=g).tolist()) for _ in range(3)}
+            for bigrams in (set(), copy_bigrams):
+                guard = NgramGuard(n, allowed, bigrams)
+                for t, token in enumerate(seq):
+                    assert guard.banned() == scan(seq[:t], n, allowed, bigrams), (n, t)
+                    guard.add(token)
 
 
 @pytest.mark.parametrize("kind", ["transformer", "lstm", "kgram_mlp"])
