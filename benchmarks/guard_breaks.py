@@ -19,20 +19,17 @@ from collections import Counter
 from pathlib import Path
 
 from pico.checks import explain_story
+from pico.sampling import ngrams
 from pico.spec import Spec
 from pico.tokenizer import load_tokenizer
 
 BROKEN = "a word of the spec broken"
 
 
-def grams(ids: list[int], n: int = 4) -> set[tuple[int, ...]]:
-    return {tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)}
-
-
 def breaks(tok, story: str, prompt: str, broken: str, value: str) -> list[tuple[str, bool]]:
     """(context, banned by the guard) for each place the story's tokens copy `value` in part, spelling `broken`."""
     ids, want = tok.encode(story), tok.encode(" " + value)
-    allowed = grams(tok.encode(prompt))
+    allowed = ngrams(tok.encode(prompt), 4)
     found = []
     for j in range(len(ids)):
         for k in range(1, len(want)):
@@ -41,7 +38,7 @@ def breaks(tok, story: str, prompt: str, broken: str, value: str) -> list[tuple[
             if tok.decode(ids[j : j + k]).strip() != broken:
                 continue
             gram = tuple(ids[j + k - 3 : j + k] + [want[k]])
-            banned = gram in grams(ids[: j + k]) and gram not in allowed
+            banned = gram in ngrams(ids[: j + k], 4) and gram not in allowed
             found.append((tok.decode(ids[max(0, j - 3) : j + k + 2]), banned))
     return found
 
