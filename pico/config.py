@@ -161,12 +161,22 @@ class OnPolicyConfig(Section):
     temperature: float = knob("sampling temperature", "(0, 100]")
     top_p: float = knob("nucleus mass (1 = off)", "(0, 1]")
     max_new_tokens: int = knob("story length cap in tokens", "(0, inf)")
-    no_repeat_ngram: int = knob("no n-gram of the generated text twice; the prompt not counted (0 = off)", "[0, inf)")
+    no_repeat_ngram: int = knob("no n-gram of the generated text twice, the prompt not counted and a copy of the "
+                                "prompt let go on (0 = off)", "[0, inf)")
     batch_size: int = knob("stories decoded at once (finished ones leave the batch)", "[1, 4096]")
+    rounds: int = knob("DPO rounds (iterative DPO): each round after the first rebuilds the pairs from the last "
+                       "round's DPO model's own stories and trains it further, against itself as the reference",
+                       "[1, 10]")
+
+    def validate(self) -> None:
+        self.require(self.rounds == 1 or self.share > 0, "rounds", "must be 1 when dpo.onpolicy.share is 0 (a later "
+                     "round rebuilds pairs from the model's own stories)")
 
     def sampling_settings(self) -> dict:
-        """What decides the stories sampled: every knob but those that only pick among them or add pairs to them."""
-        return {k: v for k, v in asdict(self).items() if k not in ("chosen", "rejected", "cut_pairs", "article_pairs")}
+        """What decides the stories sampled (the first round's): every knob but those that only pick among them, add
+        pairs to them or come after them."""
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("chosen", "rejected", "cut_pairs", "article_pairs", "rounds")}
 
 
 @dataclass(frozen=True, kw_only=True)

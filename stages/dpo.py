@@ -1,5 +1,7 @@
-"""Stage `dpo`: Direct Preference Optimization of the SFT model on data/dpo, against the frozen SFT
-reference, whose log-probs are computed once and cached (-> checkpoints/dpo.pt, checkpoints/dpo_reference.pt)."""
+"""Stage `dpo`: Direct Preference Optimization of the SFT model on data/dpo, its pairs rebuilt from the model's own
+stories (`dpo.onpolicy`), against the frozen SFT reference, whose log-probs are computed once and cached
+(-> checkpoints/dpo.pt, checkpoints/dpo_reference.pt, checkpoints/dpo_samples.jsonl); with `dpo.onpolicy.rounds` > 1,
+iterative DPO (pico/recipes/onpolicy.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +19,8 @@ from pico.config import load_params
 from pico.device import check_batch_fits, is_main_process, resolve_device
 from pico.errors import DataError
 from pico.io import read_jsonl, sha256_file, write_jsonl
-from pico.onpolicy import onpolicy_pairs
-from pico.prompt import check_context, longest_example_tokens
 from pico.recipes import fingerprint, write_trained
-from pico.recipes.finetune import dpo
+from pico.recipes.onpolicy import onpolicy_dpo, round_resume
 from pico.stage import run_stage, stage_args
 from pico.tokenizer import load_tokenizer
 
@@ -57,26 +57,21 @@ def main(argv: list[str] | None = None) -> int:
     check_batch_fits("dpo.batch_size", 2 * cfg.batch_size, cfg.max_len, model.d_model, model.n_layer, device)
     rows = [read_jsonl(path, texts=("prompt", "chosen", "rejected")) for path in (args.train, args.valid)]
     inputs_id = tuple(sha256_file(path) for path in (args.sft, args.train, args.valid))
-    # on-policy pairs: the SFT model's own stories on these prompts, judged by the checker (pico/onpolicy.py);
-    # the stories of the last run are reused while the model, rows, sampling settings and sampler stay (a beta sweep)
+    # on-policy pairs: the model's own stories on these prompts, judged by the checker, in dpo.onpolicy.rounds
+    # rounds (pico/recipes/onpolicy.py); the stories of the last run are reused while what draws them stays (a beta
+    # sweep reuses round 1's)
     samples_id = samples_fingerprint(cfg, inputs_id)
-    earlier = [r for r in read_earlier(args.samples_out) if r.get("fingerprint") == samples_id]
-    splits, samples, onpolicy = onpolicy_pairs(cfg, sft_ckpt, tok, {"train": rows[0], "valid": rows[1]}, earlier)
-    if onpolicy:
-        rows = [splits["train"], splits["valid"]]
-        inputs_id += (fingerprint(rows),)
-    longest = longest_example_tokens(tok, rows[0] + rows[1])[1]
-    check_context(model.max_seq_len, longest, "the DPO examples (prompt + story + end token)")
-    trained = dpo(cfg, sft_ckpt, tok, *rows, reference_cache=Path(args.reference_out), inputs_id=inputs_id,
-                          resume=Path(args.resume))
+    trained, samples = onpolicy_dpo(cfg, sft_ckpt, tok, {"train": rows[0], "valid": rows[1]},
+                                    earlier=read_earlier(args.samples_out), samples_id=samples_id, inputs_id=inputs_id,
+                                    reference_cache=Path(args.reference_out), resume=Path(args.resume))
     if is_main_process():
-        if onpolicy:
-            trained.metrics["onpolicy"] = onpolicy
         # written with the other outputs, never before them: a killed run leaves every output as it was
-        write_jsonl(args.samples_out, [{**r, "fingerprint": samples_id} for r in samples])
+        write_jsonl(args.samples_out, samples)
         metrics = write_trained(trained, stage="dpo", tokenizer_hash=tok.hash, started=started, out=args.out,
                                 metrics_path=args.metrics, plots_dir=args.plots_dir, resume=args.resume,
                                 parent=args.sft)
+        for r in range(2, cfg.onpolicy.rounds + 1):
+            round_resume(Path(args.resume), r).unlink(missing_ok=True)
         log.info("val loss %.4f, val reward accuracy %.3f, margin %.3f", metrics["val_loss"],
                  metrics["val_rewards/accuracies"], metrics["val_rewards/margins"])
     return 0

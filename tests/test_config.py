@@ -146,3 +146,13 @@ def test_an_unknown_key_with_a_newline_is_named_on_one_line(tmp_path):
     with pytest.raises(ParamsError) as e:
         parse_params(read_yaml(path))
     assert "prepare.'\\n'" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_dpo_rounds_need_on_policy_pairs(raw):
+    bad = copy.deepcopy(raw)
+    bad["dpo"]["onpolicy"].update(rounds=2, share=0.0)
+    with pytest.raises(ParamsError, match=r"dpo\.onpolicy\.rounds: must be 1 when dpo\.onpolicy\.share is 0"):
+        parse_params(bad)
+    bad["dpo"]["onpolicy"]["rounds"] = 0
+    with pytest.raises(ParamsError, match=r"dpo\.onpolicy\.rounds"):
+        parse_params(bad)

@@ -237,3 +237,52 @@ def test_a_change_to_the_sampler_draws_the_on_policy_stories_again(monkeypatch):
     monkeypatch.setattr(stage, "sha256_file",
                         lambda p: "edited" if Path(p) == Path(pico.sampling.__file__) else real(p))
     assert stage.samples_fingerprint(cfg, inputs) != before
+
+
+def test_dpo_rounds_sample_the_last_rounds_model_and_train_it_on(sft_model, tok, tmp_path, monkeypatch):
+    """Iterative DPO (`dpo.onpolicy.rounds: 2`): round 2 draws its stories from round 1's DPO model and trains that
+    model on; a rerun with the stories of both rounds samples nothing and makes the same model."""
+    import pico.onpolicy
+    from pico.recipes.onpolicy import onpolicy_dpo
+
+    cfg = config("dpo", device="cpu", precision="fp32", batch_size=2, max_steps=2, eval_every=1, save_every=1,
+                 log_every=1, warmup_steps=0)
+    cfg = dataclasses.replace(cfg, onpolicy=dataclasses.replace(cfg.onpolicy, share=1.0, samples=2, rounds=2,
+                                                                max_new_tokens=24, batch_size=8))
+    splits = {"train": dpo_rows(4), "valid": dpo_rows(2)}
+    real_sample, drawn_from = pico.onpolicy.sample, []
+
+    def spy(model, *args, **kwargs):
+        drawn_from.append({k: v.clone() for k, v in model.state_dict().items()})
+        return real_sample(model, *args, **kwargs)
+
+    monkeypatch.setattr(pico.onpolicy, "sample", spy)
+    start = {k: v.clone() for k, v in sft_model.model.state_dict().items()}
+
+    def run(earlier):
+        ckpt = load_checkpoint(tmp_path / "model.pt", tokenizer_hash=tok.hash)
+        return onpolicy_dpo(cfg, ckpt, tok, splits, earlier=earlier, samples_id="round-1-id", inputs_id=("sft",),
+                            reference_cache=tmp_path / "ref.pt", resume=tmp_path / "resume.pt")
+
+    trained, records = run([])
+    assert len(drawn_from) == 4  # train and valid, per round
+    assert all(torch.equal(drawn_from[0][k], start[k]) for k in start)  # round 1: the SFT model
+    round1 = drawn_from[2]
+    assert any(not torch.equal(round1[k], start[k]) for k in start)  # round 2: round 1's DPO model
+    assert any(not torch.equal(round1[k], v) for k, v in trained.model.state_dict().items())  # trained on
+    assert [r["round"] for r in trained.metrics["rounds"]] == [1, 2]
+    assert trained.metrics["steps"] == 4 and trained.metrics["tokens_seen"] == sum(
+        r["tokens_seen"] for r in trained.metrics["rounds"])
+    assert trained.metrics["onpolicy"] == trained.metrics["rounds"][0]["onpolicy"]
+    assert [row["step"] for row in trained.result.train_curve] == [1, 2, 3, 4]
+    assert [row["round"] for row in trained.result.train_curve] == [1, 1, 2, 2]
+    assert trained.train_config["seed"] == cfg.seed  # the params it ran with, not round 2's derived seed
+    by_round = [[r for r in records if r.get("round", 1) == k] for k in (1, 2)]
+    assert len(by_round[0]) == len(by_round[1]) == 12 and {r["fingerprint"] for r in by_round[0]} == {"round-1-id"}
+    assert {r["fingerprint"] for r in by_round[1]}.isdisjoint({"round-1-id"})
+
+    drawn_from.clear()
+    again, again_records = run(records)
+    assert drawn_from == [] and again_records == records
+    assert all(torch.equal(v, trained.model.state_dict()[k]) for k, v in again.model.state_dict().items())
+    assert again.metrics == trained.metrics

@@ -5,6 +5,8 @@ tested without DVC, and pretrain, SFT and DPO share the one training loop (`pico
 
 - `pico.recipes.pretrain.pretrain`: a fresh model on TinyStories windows.
 - `pico.recipes.finetune.sft`, `pico.recipes.finetune.dpo`: from a checkpoint, on (prompt, response) rows or pairs.
+- `pico.recipes.onpolicy.onpolicy_dpo`: the dpo stage's job: pairs rebuilt from the model's own stories, then DPO,
+  in one round or several (iterative DPO).
 - `pico.recipes.evaluate.evaluate`: every checkpoint on the same held-out data and generation specs.
 """
 
