@@ -270,10 +270,10 @@ def test_dpo_rounds_sample_the_last_rounds_model_and_train_it_on(sft_model, tok,
     round1 = drawn_from[2]
     assert any(not torch.equal(round1[k], start[k]) for k in start)  # round 2: round 1's DPO model
     assert any(not torch.equal(round1[k], v) for k, v in trained.model.state_dict().items())  # trained on
-    assert [r["round"] for r in trained.metrics["rounds"]] == [1, 2]
+    assert list(trained.metrics["rounds"]) == ["round1", "round2"]
     assert trained.metrics["steps"] == 4 and trained.metrics["tokens_seen"] == sum(
-        r["tokens_seen"] for r in trained.metrics["rounds"])
-    assert trained.metrics["onpolicy"] == trained.metrics["rounds"][0]["onpolicy"]
+        r["tokens_seen"] for r in trained.metrics["rounds"].values())
+    assert trained.metrics["onpolicy"] == trained.metrics["rounds"]["round1"]["onpolicy"]
     assert [row["step"] for row in trained.result.train_curve] == [1, 2, 3, 4]
     assert [row["round"] for row in trained.result.train_curve] == [1, 1, 2, 2]
     assert trained.train_config["seed"] == cfg.seed  # the params it ran with, not round 2's derived seed

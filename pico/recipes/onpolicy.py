@@ -66,14 +66,16 @@ def onpolicy_dpo(cfg: DPOConfig, sft_ckpt: Checkpoint, tok: Tokenizer, splits: d
 def merged_rounds(rounds: list[Trained]) -> Trained:
     """One record of several rounds: the last round's model and validation stats (against its own reference),
     steps and tokens summed (training compute), curves joined with a `round` column and steps counted on, and
-    each round's summary under `rounds`."""
-    last, offset, train_curve, val_curve, summary = rounds[-1], 0, [], [], []
+    each round's summary under `rounds` (`round1`, `round2`, ...)."""
+    last, offset, train_curve, val_curve, summary = rounds[-1], 0, [], [], {}
     for r, t in enumerate(rounds, 1):
         train_curve += [{**row, "step": row["step"] + offset, "round": r} for row in t.result.train_curve]
         val_curve += [{**row, "step": row["step"] + offset, "round": r} for row in t.result.val_curve]
-        summary.append({"round": r, "steps": t.metrics["steps"], "tokens_seen": t.metrics["tokens_seen"],
-                        **{k: t.metrics[k] for k in ("val_loss", "val_rewards/accuracies", "val_rewards/margins")},
-                        **({"onpolicy": t.metrics["onpolicy"]} if "onpolicy" in t.metrics else {})})
+        # keyed by round, not a list: DVC flattens nested dicts into columns (`rounds.round2.val_loss`)
+        summary[f"round{r}"] = {"steps": t.metrics["steps"], "tokens_seen": t.metrics["tokens_seen"],
+                                **{k: t.metrics[k] for k in ("val_loss", "val_rewards/accuracies",
+                                                             "val_rewards/margins")},
+                                **({"onpolicy": t.metrics["onpolicy"]} if "onpolicy" in t.metrics else {})}
         offset += t.result.steps_done
     total = {k: sum(t.metrics[k] for t in rounds) for k in ("steps", "planned_steps", "tokens_seen")}
     result = replace(last.result, train_curve=train_curve, val_curve=val_curve, steps_done=offset,
