@@ -158,6 +158,9 @@ class OnPolicyConfig(Section):
     article_pairs: float = knob("share of rebuilt rows that also get a pair whose rejected is their chosen story with "
                                 "the article before a copied value swapped, 'a iron bell' "
                                 "(`pico.pairs.article_swapped_story`)", "[0, 1]")
+    pairs_per_prompt: int = knob("pairs one prompt's samples give at most: its first failing sample's, then each "
+                                 "other failing sample against the passing ones in turn (1 = the first only)",
+                                 "[1, 64]")
     temperature: float = knob("sampling temperature", "(0, 100]")
     top_p: float = knob("nucleus mass (1 = off)", "(0, 1]")
     max_new_tokens: int = knob("story length cap in tokens", "(0, inf)")
@@ -171,12 +174,14 @@ class OnPolicyConfig(Section):
     def validate(self) -> None:
         self.require(self.rounds == 1 or self.share > 0, "rounds", "must be 1 when dpo.onpolicy.share is 0 (a later "
                      "round rebuilds pairs from the model's own stories)")
+        self.require(self.pairs_per_prompt <= self.samples, "pairs_per_prompt", f"must be at most dpo.onpolicy.samples "
+                     f"({self.samples}): each pair takes a different failing sample")
 
     def sampling_settings(self) -> dict:
         """What decides the stories sampled (the first round's): every knob but those that only pick among them, add
         pairs to them or come after them."""
         return {k: v for k, v in asdict(self).items()
-                if k not in ("chosen", "rejected", "cut_pairs", "article_pairs", "rounds")}
+                if k not in ("chosen", "rejected", "pairs_per_prompt", "cut_pairs", "article_pairs", "rounds")}
 
 
 @dataclass(frozen=True, kw_only=True)

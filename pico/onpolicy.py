@@ -96,6 +96,25 @@ def onpolicy_pair(row: dict, stories: list[dict], chosen: str, rejected: str = "
     return out
 
 
+def more_onpolicy_pairs(row: dict, stories: list[dict], chosen: str, rejected: str, limit: int) -> list[dict]:
+    """The row's pairs after `onpolicy_pair`'s, up to `limit` pairs in all: each of its other failing samples (in
+    the order `rejected` ranks them) against the passing samples in turn (`chosen: self`), or the template's story
+    when none passes or `chosen: template`. One prompt's samples then give DPO every mistake the model made on it,
+    not only the first, at no extra sampling."""
+    failing = [s for s in stories if s["failed"]]
+    if rejected == "values_first":  # value failures first, the rest after: the first is `onpolicy_pair`'s
+        failing = ([s for s in failing if VALUE_CHECKS & set(s["failed"])]
+                   + [s for s in failing if not VALUE_CHECKS & set(s["failed"])])
+    passing = [s["text"] for s in stories if not s["failed"]] if chosen == "self" else []
+    out = []
+    for k, s in enumerate(failing[1:limit], start=1):
+        pair = {**row, "rejected": s["text"], "pair_kind": "onpolicy_extra", "rejected_failed": s["failed"]}
+        if passing:
+            pair["chosen"] = passing[k % len(passing)]
+        out.append(pair)
+    return out
+
+
 def onpolicy_rows(model: nn.Module, tok: Tokenizer, rows: list[dict], split: str, cfg: OnPolicyConfig, seed: int,
                   *, batch_size: int, device: torch.device, dtype: torch.dtype, earlier: list[dict] = ()
                   ) -> tuple[list[dict], list[dict], dict]:
@@ -103,11 +122,12 @@ def onpolicy_rows(model: nn.Module, tok: Tokenizer, rows: list[dict], split: str
     records of a run with the same SFT model, rows and sampling settings, whose stories are reused (and judged
     again, by this checker). With `chosen: self_only` a picked row left without both a passing and a failing
     sample is dropped: a template story against the model's own teaches style, not the task (RESEARCH.md 34c).
-    With `cut_pairs`, a share of the kept rows also get a second pair, appended after the rows: their chosen story
-    against itself with one copied value broken (`pico.pairs.value_cut_story`: cut short, broken mid-word or its
-    tail said twice), so DPO's gradient lands where a copy must go on or stop; with `article_pairs`, a third pair
-    whose rejected is the chosen story with the article before a copied value swapped ("a iron bell"), where the
-    SFT model writes the article itself and copies the rest."""
+    With `pairs_per_prompt` > 1, a kept row's other failing samples give it more pairs (`more_onpolicy_pairs`),
+    appended after the rows. With `cut_pairs`, a share of the kept rows also get a pair, appended after those: their
+    chosen story against itself with one copied value broken (`pico.pairs.value_cut_story`: cut short, broken
+    mid-word or its tail said twice), so DPO's gradient lands where a copy must go on or stop; with `article_pairs`,
+    one more whose rejected is the chosen story with the article before a copied value swapped ("a iron bell"),
+    where the SFT model writes the article itself and copies the rest."""
     picked = picked_rows(len(rows), cfg.share, seed, split)
     texts = earlier_texts(list(earlier), split, picked, cfg.samples)
     if texts is not None:
@@ -143,6 +163,16 @@ def onpolicy_rows(model: nn.Module, tok: Tokenizer, rows: list[dict], split: str
                      "passed_all": not s["failed"]} for k, s in enumerate(stories)]
     rows_now = list(out)
     out = [row for i, row in enumerate(out) if i not in dropped]
+    for i, stories in zip(picked, samples) if cfg.pairs_per_prompt > 1 else ():
+        if i in dropped:
+            continue
+        usable = [s for s in stories if fits(i, s["text"])]
+        extra = more_onpolicy_pairs(rows[i], usable, "self" if cfg.chosen == "self_only" else cfg.chosen,
+                                    cfg.rejected, cfg.pairs_per_prompt)
+        out += extra
+        kinds["onpolicy_extra"] += len(extra)
+        for pair in extra:
+            failures.update(pair["rejected_failed"])
     # pairs of a kept row's chosen story against itself edited (value_cut_story, article_swapped_story), each kind
     # drawn per row from its own stream so one kind's share does not move another's rows
     for kind, share, tag, edit in (("value_cut", cfg.cut_pairs, "cut", value_cut_story),

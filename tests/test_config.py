@@ -148,6 +148,14 @@ def test_an_unknown_key_with_a_newline_is_named_on_one_line(tmp_path):
     assert "prepare.'\\n'" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_dpo_pairs_per_prompt_cannot_exceed_the_samples(raw):
+    bad = copy.deepcopy(raw)
+    bad["dpo"]["onpolicy"].update(samples=2, pairs_per_prompt=3)
+    with pytest.raises(ParamsError, match=r"dpo\.onpolicy\.pairs_per_prompt: must be at most dpo\.onpolicy\.samples "
+                                         r"\(2\)"):
+        parse_params(bad)
+
+
 def test_dpo_rounds_need_on_policy_pairs(raw):
     bad = copy.deepcopy(raw)
     bad["dpo"]["onpolicy"].update(rounds=2, share=0.0)

@@ -14,7 +14,8 @@ from pico.checkpoint import load_checkpoint
 from pico.checks import check_story, failed_checks
 from pico.errors import DataError
 from pico.generate import template_row
-from pico.onpolicy import VALUE_CHECKS, earlier_texts, onpolicy_pair, onpolicy_pairs, onpolicy_rows, picked_rows
+from pico.onpolicy import (VALUE_CHECKS, earlier_texts, more_onpolicy_pairs, onpolicy_pair, onpolicy_pairs,
+                           onpolicy_rows, picked_rows)
 from pico.spec import Spec, sample_specs
 
 
@@ -50,6 +51,49 @@ def test_onpolicy_pair_takes_the_first_failing_and_passing_samples():
                                                                               ["twist_present", "fluent"])
     form_only = onpolicy_pair(row, stories[:2], "self", "values_first")  # none fails one: the first failing
     assert form_only["rejected"] == "bad one"
+
+
+def test_more_onpolicy_pairs_pair_every_other_failing_sample():
+    row = {"prompt": "p", "chosen": "template chosen", "rejected": "template rejected", "spec": {}, "pair_kind": "easy"}
+    stories = [{"text": "bad one", "failed": ["fluent"]}, {"text": "good one", "failed": []},
+               {"text": "bad two", "failed": ["twist_present"]}, {"text": "bad three", "failed": ["paragraphs"]},
+               {"text": "good two", "failed": []}]
+    assert more_onpolicy_pairs(row, stories, "self", "first", 1) == []  # one pair: `onpolicy_pair`'s alone
+    more = more_onpolicy_pairs(row, stories, "self", "first", 4)  # the 2nd and 3rd failing, passing ones in turn
+    assert [(p["chosen"], p["rejected"], p["pair_kind"]) for p in more] == [
+        ("good two", "bad two", "onpolicy_extra"), ("good one", "bad three", "onpolicy_extra")]
+    assert more[0]["rejected_failed"] == ["twist_present"] and more[0]["prompt"] == "p"
+    assert [p["rejected"] for p in more_onpolicy_pairs(row, stories, "self", "first", 2)] == ["bad two"]
+    # values_first: onpolicy_pair took "bad two" (a value check); the others follow in order
+    first = onpolicy_pair(row, stories, "self", "values_first")["rejected"]
+    rest = [p["rejected"] for p in more_onpolicy_pairs(row, stories, "self", "values_first", 4)]
+    assert (first, rest) == ("bad two", ["bad one", "bad three"])
+    template = more_onpolicy_pairs(row, stories, "template", "first", 4)
+    assert {p["chosen"] for p in template} == {"template chosen"}
+    assert more_onpolicy_pairs(row, [stories[1], stories[4]], "self", "first", 4) == []  # nothing failed
+
+
+def test_pairs_per_prompt_appends_the_other_failing_samples_pairs(sft_model, tok, monkeypatch):
+    import pico.onpolicy
+
+    rows = dpo_rows(3)
+    verdicts = {0: [[], ["fluent"], ["twist_present"]], 1: [["fluent"], ["paragraphs"], ["fluent"]], 2: [[], [], []]}
+
+    def fake_judged(picked_rows_, texts):
+        return [[{"text": f"story {i}.{k}", "failed": f} for k, f in enumerate(verdicts[i])] for i in range(3)]
+
+    monkeypatch.setattr(pico.onpolicy, "judged", fake_judged)
+    cfg = dataclasses.replace(config("dpo").onpolicy, share=1.0, samples=3, max_new_tokens=4, chosen="self",
+                              cut_pairs=0.0)
+    kwargs = dict(batch_size=4, device=torch.device("cpu"), dtype=torch.float32)
+    one, records, counts = onpolicy_rows(sft_model.model, tok, rows, "train", cfg, 7, **kwargs)
+    out, more_records, more_counts = onpolicy_rows(sft_model.model, tok, rows, "train",
+                                                   dataclasses.replace(cfg, pairs_per_prompt=3), 7, **kwargs)
+    assert out[:3] == one and more_records == records  # the first pairs and the samples are the same
+    assert [(r["chosen"], r["rejected"]) for r in out[3:]] == [
+        ("story 0.0", "story 0.2"), (rows[1]["chosen"], "story 1.1"), (rows[1]["chosen"], "story 1.2")]
+    assert more_counts["pairs"] == {**counts["pairs"], "onpolicy_extra": 3}
+    assert more_counts["rejected_failed"] == {"fluent": 3, "twist_present": 1, "paragraphs": 1}
 
 
 @pytest.fixture
