@@ -87,11 +87,14 @@ class Pair:
         return self.chosen.n_loss_tokens, self.rejected.n_loss_tokens
 
 
-def encode_pair(tok: Tokenizer, row: dict, max_len: int, truncation: str, skip_copies: bool = False) -> Pair | None:
+def encode_pair(tok: Tokenizer, row: dict, max_len: int, truncation: str, skip_copies: bool = False,
+                skip_rejected_end: bool = False) -> Pair | None:
     """Chosen and rejected after the same (possibly left-cut) prompt; None when the longer one cannot fit.
 
     `skip_copies`: the tokens of each story that copy a spec value are marked to be left out of DPO's
     log-ratios (`with_copies_skipped`), so the preference moves how a story is told, not where a copy stops.
+    `skip_rejected_end`: the rejected story's end token is left out of them too: a story is rarely rejected for
+    where it stops, and pushing its end down after a story already too long teaches stories that run on.
     """
     stories = [row["chosen"], row["rejected"]]
     encoded = encode_responses(tok, row["prompt"], stories, max_len, truncation)
@@ -100,14 +103,19 @@ def encode_pair(tok: Tokenizer, row: dict, max_len: int, truncation: str, skip_c
     if skip_copies:
         spec = parse_prompt(row["prompt"])
         encoded = [with_copies_skipped(tok, e, story, spec) for e, story in zip(encoded, stories)]
-    return Pair(*encoded)
+    chosen, rejected = encoded
+    if skip_rejected_end:
+        end = len(rejected.ids) - 1 - rejected.loss_start  # the end token's response position
+        rejected = replace(rejected, skip=tuple(sorted({*rejected.skip, end})))
+    return Pair(chosen, rejected)
 
 
-def encode_dpo_rows(tok: Tokenizer, rows: list[dict], max_len: int, truncation: str,
-                    skip_copies: bool = False) -> tuple[list[Pair], EncodeReport]:
+def encode_dpo_rows(tok: Tokenizer, rows: list[dict], max_len: int, truncation: str, skip_copies: bool = False,
+                    skip_rejected_end: bool = False) -> tuple[list[Pair], EncodeReport]:
     """Encoded pairs; a pair whose chosen and rejected are the same text teaches nothing: dropped, counted."""
     distinct = [row for row in rows if row["chosen"] != row["rejected"]]
-    pairs, report = encode_rows(distinct, lambda row: encode_pair(tok, row, max_len, truncation, skip_copies))
+    pairs, report = encode_rows(distinct, lambda row: encode_pair(tok, row, max_len, truncation, skip_copies,
+                                                                  skip_rejected_end))
     report.rows, report.identical = len(rows), len(rows) - len(distinct)
     if report.identical:
         log.warning("dropped %d pair(s) whose chosen and rejected stories are identical", report.identical)

@@ -279,6 +279,24 @@ def test_pref_mask_leaves_out_skipped_positions_and_only_them(tok):
     assert torch.equal(batch["pref_mask"][1], batch["loss_mask"][1])  # the rejected row copies nothing
 
 
+def test_skip_rejected_end_leaves_out_the_rejected_end_token_and_only_it(tok):
+    rows = [{"prompt": SPEC_PROMPT, "chosen": "Mina kept a brass key. Kai never came back.",
+             "rejected": "The night was cold and long."}]
+    plain, _ = encode_dpo_rows(tok, rows, 256, "left")
+    pairs, _ = encode_dpo_rows(tok, rows, 256, "left", skip_rejected_end=True)
+    rejected = pairs[0].rejected
+    assert pairs[0].chosen == plain[0].chosen and rejected.ids == plain[0].rejected.ids
+    assert rejected.skip == (len(rejected.ids) - 1 - rejected.loss_start,)
+    batch = dpo_batch(pairs)
+    left_out = batch["loss_mask"] - batch["pref_mask"]
+    assert left_out[0].sum() == 0 and left_out[1].nonzero().flatten().tolist() == [len(rejected.ids) - 2]
+    assert batch["targets"][1, len(rejected.ids) - 2] == tok.eot_id  # the position left out predicts the end
+    both, _ = encode_dpo_rows(tok, rows, 256, "left", skip_copies=True, skip_rejected_end=True)
+    copies, _ = encode_dpo_rows(tok, rows, 256, "left", skip_copies=True)
+    assert both[0].chosen.skip == copies[0].chosen.skip != ()  # the copies stay skipped, the chosen's end is kept
+    assert both[0].rejected.skip == rejected.skip
+
+
 def test_skipped_copies_leave_the_log_ratios_but_not_the_rpo_nll(tok):
     from pico.losses import model_token_logps
 
