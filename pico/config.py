@@ -192,6 +192,9 @@ class DPOConfig(FinetuneConfig):
     loss_type: Literal["sigmoid", "ipo"] = knob("sigmoid (DPO) or ipo")
     rpo_alpha: float = knob("weight of the chosen story's mean token NLL added to the loss (RPO); 0 = off", "[0, 100]")
     skip_copies: bool = knob("leave the tokens that copy a spec value out of the log-ratios (RPO's NLL keeps them)")
+    skip_rejected_copies: bool = knob("leave the rejected story's whole copies of a spec value out of its log-ratio: "
+                                      "DPO keeps pushing the chosen story's copies up, and no longer pushes down the "
+                                      "values a story rejected for its form shares with it (a copy cut short stays)")
     skip_rejected_end: bool = knob("leave the rejected story's end token out of the log-ratios: DPO does not push "
                                    "down stopping where a rejected story stops (RPO's NLL keeps the chosen's)")
     onpolicy: OnPolicyConfig = knob("pairs from the SFT model's own samples, judged by the checker")

@@ -88,11 +88,14 @@ class Pair:
 
 
 def encode_pair(tok: Tokenizer, row: dict, max_len: int, truncation: str, skip_copies: bool = False,
-                skip_rejected_end: bool = False) -> Pair | None:
+                skip_rejected_end: bool = False, skip_rejected_copies: bool = False) -> Pair | None:
     """Chosen and rejected after the same (possibly left-cut) prompt; None when the longer one cannot fit.
 
     `skip_copies`: the tokens of each story that copy a spec value are marked to be left out of DPO's
     log-ratios (`with_copies_skipped`), so the preference moves how a story is told, not where a copy stops.
+    `skip_rejected_copies`: the rejected story's whole copies of a value only: a story rejected for its form still
+    states the spec's values as the chosen one does, and pushing it down would push those copies down with it (a
+    copy cut short, the fault of a `value_cut` pair, stays in).
     `skip_rejected_end`: the rejected story's end token is left out of them too: a story is rarely rejected for
     where it stops, and pushing its end down after a story already too long teaches stories that run on.
     """
@@ -100,9 +103,10 @@ def encode_pair(tok: Tokenizer, row: dict, max_len: int, truncation: str, skip_c
     encoded = encode_responses(tok, row["prompt"], stories, max_len, truncation)
     if not encoded:
         return None
-    if skip_copies:
+    if skip_copies or skip_rejected_copies:
         spec = parse_prompt(row["prompt"])
-        encoded = [with_copies_skipped(tok, e, story, spec) for e, story in zip(encoded, stories)]
+        encoded = [with_copies_skipped(tok, encoded[0], stories[0], spec) if skip_copies else encoded[0],
+                   with_copies_skipped(tok, encoded[1], stories[1], spec, whole_only=not skip_copies)]
     chosen, rejected = encoded
     if skip_rejected_end:
         end = len(rejected.ids) - 1 - rejected.loss_start  # the end token's response position
@@ -111,11 +115,12 @@ def encode_pair(tok: Tokenizer, row: dict, max_len: int, truncation: str, skip_c
 
 
 def encode_dpo_rows(tok: Tokenizer, rows: list[dict], max_len: int, truncation: str, skip_copies: bool = False,
-                    skip_rejected_end: bool = False) -> tuple[list[Pair], EncodeReport]:
+                    skip_rejected_end: bool = False, skip_rejected_copies: bool = False
+                    ) -> tuple[list[Pair], EncodeReport]:
     """Encoded pairs; a pair whose chosen and rejected are the same text teaches nothing: dropped, counted."""
     distinct = [row for row in rows if row["chosen"] != row["rejected"]]
     pairs, report = encode_rows(distinct, lambda row: encode_pair(tok, row, max_len, truncation, skip_copies,
-                                                                  skip_rejected_end))
+                                                                  skip_rejected_end, skip_rejected_copies))
     report.rows, report.identical = len(rows), len(rows) - len(distinct)
     if report.identical:
         log.warning("dropped %d pair(s) whose chosen and rejected stories are identical", report.identical)

@@ -111,10 +111,11 @@ _WORD_RE = re.compile(r"[A-Za-z0-9]+")  # "Kofi's" copies "Kofi"
 COPIED_FIELDS = ("setting", "protagonist", "supporting", "object", "taboo", "twist")  # the title is not told
 
 
-def copied_value_spans(response: str, spec: Spec) -> list[tuple[int, int]]:
+def copied_value_spans(response: str, spec: Spec, whole_only: bool = False) -> list[tuple[int, int]]:
     """Character spans of `response` that copy a spec value: a run of its words from the value's first word on,
     case-insensitive, at least two words long (or the whole value when it is one word). A copy cut short
-    (the value's first words only) counts as far as it goes; the punctuation after a copy is outside its span.
+    (the value's first words only) counts as far as it goes, unless `whole_only`; the punctuation after a copy is
+    outside its span.
     """
     words = [(m.group().lower(), m.start(), m.end()) for m in _WORD_RE.finditer(response)]
     spans = []
@@ -129,7 +130,7 @@ def copied_value_spans(response: str, spec: Spec) -> list[tuple[int, int]]:
             n = 1
             while n < len(value) and i + n < len(words) and words[i + n][0] == value[n]:
                 n += 1
-            if n >= shortest:
+            if n >= shortest and (n == len(value) or not whole_only):
                 spans.append((start, words[i + n - 1][2]))
     return sorted(spans)
 
@@ -148,10 +149,12 @@ def token_positions(tok: Tokenizer, ids: list[int], text: str, spans: list[tuple
     return tuple(out)
 
 
-def with_copies_skipped(tok: Tokenizer, encoded: Encoded, response: str, spec: Spec) -> Encoded:
-    """`encoded` with `skip` set to the response tokens that copy a value of `spec` (`copied_value_spans`)."""
+def with_copies_skipped(tok: Tokenizer, encoded: Encoded, response: str, spec: Spec,
+                        whole_only: bool = False) -> Encoded:
+    """`encoded` with `skip` set to the response tokens that copy a value of `spec` (`copied_value_spans`; with
+    `whole_only`, only the copies of a whole value: a copy cut short stays in)."""
     response_ids = encoded.ids[encoded.loss_start : -1]  # the response, without its EOS
-    skip = token_positions(tok, response_ids, response, copied_value_spans(response, spec))
+    skip = token_positions(tok, response_ids, response, copied_value_spans(response, spec, whole_only))
     return Encoded(encoded.ids, encoded.loss_start, encoded.truncated, skip, encoded.starts, encoded.continues)
 
 

@@ -297,6 +297,31 @@ def test_skip_rejected_end_leaves_out_the_rejected_end_token_and_only_it(tok):
     assert both[0].rejected.skip == rejected.skip
 
 
+def test_skip_rejected_copies_skips_the_rejected_story_whole_copies_only(tok):
+    from pico.prompt import copied_value_spans, parse_prompt
+
+    rows = [{"prompt": SPEC_PROMPT, "chosen": "Mina kept a brass key. Kai never came back.",
+             "rejected": "Mina hid the brass key, and never open the red door was the rule."}]
+    both, _ = encode_dpo_rows(tok, rows, 256, "left", skip_copies=True)
+    rejected_only, _ = encode_dpo_rows(tok, rows, 256, "left", skip_rejected_copies=True)
+    assert rejected_only[0].chosen.skip == () and both[0].chosen.skip != ()
+    assert rejected_only[0].rejected.skip == both[0].rejected.skip != ()  # every copy here is whole
+    batch = dpo_batch(rejected_only)
+    assert torch.equal(batch["pref_mask"][0], batch["loss_mask"][0])
+    assert int((batch["loss_mask"] - batch["pref_mask"])[1].sum()) == len(both[0].rejected.skip)
+    # a value cut short (what a value_cut pair's rejected story holds) stays in the log-ratio; the whole ones go
+    cut = [{**rows[0], "rejected": "Kai said never open the red. Mina ran."}]
+    cut_pair, _ = encode_dpo_rows(tok, cut, 256, "left", skip_rejected_copies=True)
+    rejected = cut_pair[0].rejected
+    ids = rejected.ids[rejected.loss_start:-1]
+    skipped = "".join(tok.decode([ids[j]]) for j in rejected.skip)
+    assert skipped.split() == ["Kai", "Mina"]
+    spec = parse_prompt(SPEC_PROMPT)
+    story = cut[0]["rejected"]
+    assert [story[s:e] for s, e in copied_value_spans(story, spec)] == ["Kai", "never open the red", "Mina"]
+    assert [story[s:e] for s, e in copied_value_spans(story, spec, whole_only=True)] == ["Kai", "Mina"]
+
+
 def test_skipped_copies_leave_the_log_ratios_but_not_the_rpo_nll(tok):
     from pico.losses import model_token_logps
 

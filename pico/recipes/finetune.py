@@ -155,13 +155,14 @@ def dpo(cfg: DPOConfig, sft_ckpt: Checkpoint, tok: Tokenizer, train_rows: list[d
     cached in `reference_cache` while the inputs (`inputs_id`: the SFT model's and rows' digests) stay."""
     device = resolve_device(cfg.device)
     dtype = resolve_precision(cfg.precision, device)
-    encode = functools.partial(encode_dpo_rows, skip_copies=cfg.skip_copies, skip_rejected_end=cfg.skip_rejected_end)
+    encode = functools.partial(encode_dpo_rows, skip_copies=cfg.skip_copies, skip_rejected_end=cfg.skip_rejected_end,
+                               skip_rejected_copies=cfg.skip_rejected_copies)
     encoded = _encode(cfg, sft_ckpt, encode, tok, {"train": train_rows, "valid": valid_rows})
     (train_pairs, train_report), (valid_pairs, valid_report) = encoded["train"], encoded["valid"]
 
     # the reference is the SFT model, frozen: its log-probs go with the pairs, cached while model and data stay
     ref_id = fingerprint("dpo-reference", *inputs_id, cfg.max_len, cfg.truncation, cfg.skip_copies,
-                         cfg.skip_rejected_end)
+                         cfg.skip_rejected_end, cfg.skip_rejected_copies)
     ref = read_cache(reference_cache, ref_id)
     if ref is not None:
         log.info("reusing reference log-probs from %s", reference_cache)
