@@ -73,16 +73,22 @@ def test_more_onpolicy_pairs_pair_every_other_failing_sample():
     assert more_onpolicy_pairs(row, [stories[1], stories[4]], "self", "first", 4) == []  # nothing failed
 
 
-def test_pairs_per_prompt_appends_the_other_failing_samples_pairs(sft_model, tok, monkeypatch):
+def judge_as(monkeypatch, verdicts: dict[int, list[list[str]]]) -> None:
+    """The checker replaced: row i's sample k is the story "story i.k" and fails the checks `verdicts[i][k]`
+    (read when judged, so a test may change `verdicts` between runs)."""
     import pico.onpolicy
 
-    rows = dpo_rows(3)
-    verdicts = {0: [[], ["fluent"], ["twist_present"]], 1: [["fluent"], ["paragraphs"], ["fluent"]], 2: [[], [], []]}
-
     def fake_judged(picked_rows_, texts):
-        return [[{"text": f"story {i}.{k}", "failed": f} for k, f in enumerate(verdicts[i])] for i in range(3)]
+        return [[{"text": f"story {i}.{k}", "failed": f} for k, f in enumerate(verdicts[i])]
+                for i in range(len(verdicts))]
 
     monkeypatch.setattr(pico.onpolicy, "judged", fake_judged)
+
+
+def test_pairs_per_prompt_appends_the_other_failing_samples_pairs(sft_model, tok, monkeypatch):
+    rows = dpo_rows(3)
+    judge_as(monkeypatch, {0: [[], ["fluent"], ["twist_present"]], 1: [["fluent"], ["paragraphs"], ["fluent"]],
+                           2: [[], [], []]})
     cfg = dataclasses.replace(config("dpo").onpolicy, share=1.0, samples=3, max_new_tokens=4, chosen="self",
                               cut_pairs=0.0)
     kwargs = dict(batch_size=4, device=torch.device("cpu"), dtype=torch.float32)
@@ -135,15 +141,10 @@ def test_onpolicy_rows_rebuild_picked_pairs_from_failing_samples(sft_model, tok)
 
 
 def test_self_only_drops_rows_without_a_pair_of_own_stories(sft_model, tok, monkeypatch):
-    import pico.onpolicy
-
     rows = dpo_rows(4)
+    # rows 0 and 3 have a passing and a failing story, 1 only failing, 2 none
     verdicts = {0: [[], ["fluent"]], 1: [["fluent"], ["twist_present"]], 2: [[], []], 3: [["fluent"], []]}
-
-    def fake_judged(picked_rows_, texts):  # rows 0 and 3 have a passing and a failing story, 1 only failing, 2 none
-        return [[{"text": f"story {i}.{k}", "failed": f} for k, f in enumerate(verdicts[i])] for i in range(4)]
-
-    monkeypatch.setattr(pico.onpolicy, "judged", fake_judged)
+    judge_as(monkeypatch, verdicts)
     cfg = dataclasses.replace(config("dpo").onpolicy, share=1.0, samples=2, max_new_tokens=4, chosen="self_only",
                               cut_pairs=0.0)
     kwargs = dict(batch_size=4, device=torch.device("cpu"), dtype=torch.float32)
