@@ -26,11 +26,16 @@ browser:
 		echo "installing chromium for the browser tests"; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-# Link the local TinyStories shards into data/raw/tinystories when there are any and nothing is there yet.
+# Copy the local TinyStories shards into data/raw/tinystories when there are any and nothing is there yet:
+# hard links where the file system allows (no space), else a copy, never a symlink. The folder is a DVC output
+# of `prepare`, and a `dvc exp run` before it is cached deletes it: through a symlink, the shared files too.
 data:
 	@if [ ! -e data/raw/tinystories ] && [ -d "$(SHARED_TINYSTORIES)" ]; then \
-		mkdir -p data/raw && ln -s "$$(cd "$(SHARED_TINYSTORIES)" && pwd)" data/raw/tinystories && \
-		echo "linked $(SHARED_TINYSTORIES) -> data/raw/tinystories"; fi
+		mkdir -p data/raw && rm -rf data/raw/tinystories.tmp && \
+		{ cp -rl "$(SHARED_TINYSTORIES)" data/raw/tinystories.tmp 2>/dev/null || \
+		  { rm -rf data/raw/tinystories.tmp && cp -r "$(SHARED_TINYSTORIES)" data/raw/tinystories.tmp; }; } && \
+		mv data/raw/tinystories.tmp data/raw/tinystories && \
+		echo "copied $(SHARED_TINYSTORIES) -> data/raw/tinystories"; fi
 
 repro: setup data
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import datetime as dt
 import html
 import os
 import platform
@@ -527,13 +526,12 @@ def readme_markdown(title: str, facts: list[str], inputs: BundleInputs, table: p
     ])
 
 
-def write_bundle(out: Path, inputs: BundleInputs, params_sha256: str) -> None:
-    """Every file of the bundle, into the (new, empty) folder `out`."""
+def write_bundle(out: Path, inputs: BundleInputs, params_sha256: str, now: str) -> None:
+    """Every file of the bundle, into the (new, empty) folder `out`; `now` is the build time it records."""
     cfg = inputs.params.bundle
     table = checkpoint_table(inputs.metrics["evaluate"])
     commit = git("rev-parse", "HEAD") or "unknown"
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
     facts = run_facts(inputs, commit, dirty, now)
     figures = out / "figures"
     fig_headline(table, figures / "headline.png", cfg.dpi)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this copy's pico: queued exps run in temp copies
-from pico import bundle as B
 from pico.config import PURPOSES, load_params
 from pico.errors import PicoError
 from pico.io import read_json, read_jsonl, sha256_file
@@ -21,8 +22,27 @@ log = logging.getLogger("bundle")
 METRICS = ["prepare", "tokenizer", "generate", "pretrain", "sft", "dpo", "evaluate"]
 
 
+def build_time(environ: Mapping[str, str]) -> str:
+    """The time the bundle records: SOURCE_DATE_EPOCH (reproducible-builds.org) when set, so two builds of the
+    same run are byte-identical; otherwise now. Both in UTC, to the second."""
+    raw = environ.get("SOURCE_DATE_EPOCH")
+    if raw is None:
+        return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    try:
+        return dt.datetime.fromtimestamp(int(raw), dt.timezone.utc).isoformat()
+    except (ValueError, OverflowError, OSError):
+        raise PicoError(f"SOURCE_DATE_EPOCH={raw!r}: expected whole seconds since 1970-01-01 UTC, e.g. "
+                        "$(git log -1 --format=%ct)") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = stage_args(__doc__, ["metrics-dir", "plots-dir", "eval-dir", "dataset", "out"], argv)
+    now = build_time(os.environ)
+    # pandas after the check: a bad SOURCE_DATE_EPOCH crashes numpy's f2py (under pandas) at import, unnamed
+    import pandas as pd
+
+    from pico import bundle as B
+
     params = load_params(args.params)
     if params.experiment.purpose == "uncategorized":
         log.warning("experiment.purpose is 'uncategorized'; say why this run exists (%s)", ", ".join(PURPOSES[:-1]))
@@ -45,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    B.write_bundle(tmp, inputs, sha256_file(args.params))
+    B.write_bundle(tmp, inputs, sha256_file(args.params), now)
     leaked = B.find_secrets([tmp], B.secret_values())
     if leaked:
         shutil.rmtree(tmp)

@@ -33,3 +33,31 @@ def test_passing_page_lists_every_passing_dpo_story_beside_sft():
     assert "> **the nurse was never alive**" in page and ">\n" in page  # paragraphs kept, value marked
     assert "Failed checks: fluent." in page and "dpo one" not in page
     assert "0 of 0" in passing_markdown([])
+
+
+def load_bundle_stage():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "stages" / "bundle.py"
+    spec = importlib.util.spec_from_file_location("bundle_stage", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_build_time_honours_source_date_epoch_and_names_it_when_bad():
+    import datetime as dt
+
+    import pytest
+
+    from pico.errors import PicoError
+
+    stage = load_bundle_stage()
+    assert stage.build_time({"SOURCE_DATE_EPOCH": "1764720000"}) == "2025-12-03T00:00:00+00:00"
+    assert stage.build_time({"SOURCE_DATE_EPOCH": "0"}) == "1970-01-01T00:00:00+00:00"
+    now = dt.datetime.fromisoformat(stage.build_time({}))
+    assert now.tzinfo is not None and abs((dt.datetime.now(dt.timezone.utc) - now).total_seconds()) < 60
+    for bad in ["abc", "1.5", "", "99999999999999999999"]:
+        with pytest.raises(PicoError, match="SOURCE_DATE_EPOCH"):
+            stage.build_time({"SOURCE_DATE_EPOCH": bad})

@@ -189,3 +189,25 @@ def test_every_model_type_trains_and_evaluates_through_the_same_stages(repo_copy
     pretrain = json.loads((repo_copy / "metrics/pretrain.json").read_text())
     assert pretrain["val_loss"] < math.log(1024)  # better than uniform over the vocabulary (60 tiny steps)
     assert metrics["dpo"]["unseen_n_words"] > 0  # it generated, in equal-length batches with its own cache
+
+
+def test_bundle_is_byte_identical_with_source_date_epoch(repo_copy):
+    """Two builds of the same run with SOURCE_DATE_EPOCH set give the same files, byte for byte; a bad value
+    fails naming it and leaves the bundle as it was."""
+    from pipeline import stage
+
+    def snapshot() -> dict:
+        results = repo_copy / "results"
+        return {str(p.relative_to(results)): p.read_bytes() for p in sorted(results.rglob("*")) if p.is_file()}
+
+    epoch = {"SOURCE_DATE_EPOCH": "1764720000"}
+    assert stage(repo_copy, "bundle", check=True, extra_env=epoch).returncode == 0
+    first = snapshot()
+    assert "2025-12-03T00:00:00+00:00" in first["run_snapshot/experiment_config.yaml"].decode()
+    assert stage(repo_copy, "bundle", check=True, extra_env=epoch).returncode == 0
+    second = snapshot()
+    assert sorted(first) == sorted(second)
+    assert [name for name in first if first[name] != second[name]] == []
+    bad = stage(repo_copy, "bundle", extra_env={"SOURCE_DATE_EPOCH": "tomorrow"})
+    assert bad.returncode != 0 and "SOURCE_DATE_EPOCH='tomorrow'" in bad.stderr
+    assert snapshot() == second
