@@ -10,6 +10,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this copy's pico: queued exps run in temp copies
@@ -38,9 +39,8 @@ def build_time(environ: Mapping[str, str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = stage_args(__doc__, ["metrics-dir", "plots-dir", "eval-dir", "dataset", "out"], argv)
     now = build_time(os.environ)
-    # pandas after the check: a bad SOURCE_DATE_EPOCH crashes numpy's f2py (under pandas) at import, unnamed
-    import pandas as pd
-
+    # imported after the check: a bad SOURCE_DATE_EPOCH crashes numpy.f2py, which scipy.stats (pico.stats, under
+    # pico.bundle) imports, with a traceback that does not say which variable
     from pico import bundle as B
 
     params = load_params(args.params)
